@@ -1,0 +1,53 @@
+"""Every error peerstore raises on purpose derives from PeerstoreError.
+
+The CLI prints ``str(err)`` as its one-line reason, so messages say what went wrong
+and, where there is one, what to do about it.
+"""
+
+
+class PeerstoreError(Exception):
+    """Root of all deliberate peerstore errors."""
+
+
+class ConfigError(PeerstoreError):
+    """A config file is unreadable or has a bad, missing or unknown key."""
+
+    def __init__(self, source: str, key: str, problem: str):
+        self.source, self.key, self.problem = source, key, problem
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+class InvalidNameError(PeerstoreError):
+    """A checkpoint name or a path inside a manifest is not acceptable."""
+
+
+class FormatError(PeerstoreError):
+    """Stored or received data is malformed, or in a format version we cannot read."""
+
+
+class CodecError(FormatError):
+    """A wire frame or datagram is malformed, oversized, forged or replayed."""
+
+
+class AuthError(CodecError):
+    """A peer failed the cluster-key challenge, or a MAC did not verify."""
+
+
+class StoreError(PeerstoreError):
+    """The local piece store could not complete an operation."""
+
+
+class DiskFullError(StoreError):
+    """No space left for a piece; nothing partial was left behind."""
+
+
+class CorruptPieceError(StoreError):
+    """A piece's bytes do not match its BLAKE3 id."""
+
+
+class PieceNotFoundError(StoreError):
+    """This node does not hold the requested piece."""
+
+
+class PlacementError(PeerstoreError):
+    """Not enough live nodes to place data under the durability policy."""
