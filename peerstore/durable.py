@@ -23,11 +23,13 @@ def fsync_file(fd: int) -> None:
     if sys.platform == "darwin":
         import fcntl
 
-        try:
-            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
-            return
-        except OSError:
-            pass  # some file systems (network, FUSE) refuse F_FULLFSYNC; fsync is the best left
+        full_fsync = getattr(fcntl, "F_FULLFSYNC", None)
+        if full_fsync is not None:
+            try:
+                fcntl.fcntl(fd, full_fsync)
+                return
+            except OSError:
+                pass  # some file systems (network, FUSE) refuse F_FULLFSYNC; fsync is the best left
     os.fsync(fd)
 
 
