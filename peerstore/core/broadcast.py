@@ -1,0 +1,63 @@
+"""Send one request to many peers plus a local step, and count who acknowledged."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from peerstore.core.node import NodeCore
+    from peerstore.wire.messages import Message
+
+
+class Broadcast:
+    """Ask every peer in ``peers`` (and ourselves, via ``local``) to do one thing.
+
+    ``on_done(now, acks)`` runs once, after every peer answered, failed or timed out;
+    ``acks`` counts successes including the local one.
+    """
+
+    def __init__(
+        self,
+        node: "NodeCore",
+        *,
+        peers: list[str],
+        make: Callable[[int], "Message"],
+        accept: Callable[["Message"], bool],
+        local: Callable[[Callable[[float, bool], None]], None] | None,
+        on_done: Callable[[float, int], None],
+        timeout: float | None = None,
+    ):
+        self.node = node
+        self.peers = peers
+        self.make = make
+        self.accept = accept
+        self.local = local
+        self.on_done = on_done
+        self.timeout = timeout if timeout is not None else node.settings.commit_timeout
+        self.waiting = len(peers) + (1 if local else 0)
+        self.acked: list[str] = []
+
+    def start(self, now: float) -> None:
+        if self.waiting == 0:
+            self.on_done(now, 0)
+            return
+        for peer in self.peers:
+            self.node.request(
+                now,
+                peer,
+                self.make,
+                lambda t, reply, payload, peer=peer: self._answer(t, peer, self.accept(reply)),
+                lambda t, why, peer=peer: self._answer(t, peer, False),
+                timeout=self.timeout,
+            )
+        if self.local:
+            self.local(lambda t, ok: self._answer(t, self.node.node_id, ok))
+
+    def _answer(self, now: float, peer: str, ok: bool) -> None:
+        if ok:
+            self.acked.append(peer)
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.on_done(now, len(self.acked))
+
+

@@ -1,0 +1,59 @@
+"""Find a manifest: from the local store first, then from live peers one at a time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from peerstore.core import events as ev
+from peerstore.ec import piece_id
+from peerstore.errors import FormatError
+from peerstore.manifest import Manifest
+from peerstore.wire import messages as msg
+
+if TYPE_CHECKING:
+    from peerstore.core.node import NodeCore
+
+
+class ManifestFetch:
+    """Load and verify manifest ``manifest_id``; ``on_done(now, manifest or None)``.
+
+    A copy whose hash does not match, or that does not decode, is skipped like a
+    missing one. Peers are asked in a random order so one slow node is not everyone's
+    first choice."""
+
+    def __init__(self, node: "NodeCore", manifest_id: bytes,
+                 on_done: Callable[[float, Manifest | None], None]):
+        self.node = node
+        self.manifest_id = manifest_id
+        self.on_done = on_done
+        self.sources: list[str] | None = None
+
+    def start(self) -> None:
+        self.node.local(
+            lambda tag: ev.LoadManifest(tag, self.manifest_id),
+            lambda t, done: self._got(t, done.blob),
+        )
+
+    def _got(self, now: float, blob: bytes | None) -> None:
+        if blob is not None and piece_id(blob) == self.manifest_id:
+            try:
+                manifest = Manifest.decode(blob)
+            except FormatError:
+                pass
+            else:
+                self.on_done(now, manifest)
+                return
+        if self.sources is None:
+            self.sources = sorted(self.node.alive - {self.node.node_id})
+            self.node.rng.shuffle(self.sources)
+        if not self.sources:
+            self.on_done(now, None)
+            return
+        peer = self.sources.pop(0)
+        self.node.request(
+            now, peer,
+            lambda req: msg.FetchManifest(req, manifest_id=self.manifest_id),
+            lambda t, reply, payload: self._got(
+                t, reply.blob if isinstance(reply, msg.ManifestData) and reply.found else None),
+            lambda t, why: self._got(t, None),
+        )

@@ -1,0 +1,463 @@
+"""Coordinating a put: read, encode, place, transfer, then commit in two phases.
+
+1. Stripes are read and encoded by the shell in order, a window at a time (bounded by the
+   node's memory budget). Each encoded stripe is placed on the live members by rendezvous
+   hash + template (``placement.py``) and its pieces are sent in parallel, with bounded
+   bytes in flight per peer.
+2. A failed transfer is retried with exponential backoff and jitter; a peer that times
+   out, is unreachable too often, or leaves the membership loses its slots, which are
+   re-placed on other live nodes (keeping a shard's two replicas on distinct nodes).
+3. When every piece is durably acknowledged the manifest is stored on every live node
+   (phase 1: not yet visible), then the catalog entry is spread (phase 2: visible). Only
+   then is the client told the put succeeded. Cancelling before phase 2 aborts cleanly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from peerstore import placement
+from peerstore.core import events as ev
+from peerstore.core.broadcast import Broadcast
+from peerstore.core.node import NodeCore, Operation
+from peerstore.ec import iter_stripes
+from peerstore.errors import PeerstoreError
+from peerstore.manifest import (
+    Catalog,
+    CatalogEntry,
+    FileEntry,
+    Manifest,
+    StripeEntry,
+    VersionId,
+    validate_name,
+    validate_paths,
+)
+from peerstore.wire import messages as msg
+
+
+@dataclass
+class PlannedStripe:
+    file_index: int
+    offset: int
+    shard_lengths: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(self.shard_lengths)
+
+
+@dataclass
+class Slot:
+    """One place a piece must be durably stored: a data replica or a parity chunk."""
+
+    position: int
+    piece_id: bytes
+    target: str
+    acked: bool = False
+
+
+@dataclass
+class Transfer:
+    """Moving one piece to one node; several slots may wait on it (identical pieces)."""
+
+    target: str
+    piece_id: bytes
+    handle: Any
+    size: int
+    slots: list[tuple[int, Slot]] = field(default_factory=list)  # (stripe number, slot)
+    attempts: int = 0
+    retry_at: float = 0.0
+    in_flight: bool = False
+
+
+@dataclass
+class EncodedStripe:
+    entry: StripeEntry
+    handles: tuple[Any, ...]
+    key: bytes
+    slots: list[Slot]
+    buffered: int
+
+    @property
+    def done(self) -> bool:
+        return all(slot.acked for slot in self.slots)
+
+
+class PutOperation(Operation):
+    def __init__(self, node: NodeCore, op_id: int, cmd: ev.PutCommand):
+        super().__init__(node, op_id, cmd.client)
+        self.cmd = cmd
+        self.policy = node.settings.policy
+        self.plan: list[PlannedStripe] = []
+        self.file_last_stripe: dict[int, int] = {}
+        self.next_read = 0  # next planned stripe to ask the shell for
+        self.next_file_finish = 0  # files whose FinishFileRead was issued
+        self.stripes: dict[int, EncodedStripe] = {}
+        self.entries: dict[int, StripeEntry] = {}
+        self.file_hashes: dict[int, bytes] = {}
+        self.transfers: dict[tuple[str, bytes], Transfer] = {}
+        self.held = 0  # bytes of our stripes buffered in the shell
+        self.failed_peers: set[str] = set()
+        self.phase = "transfer"
+        self.version: VersionId | None = None
+
+    # -- start ---------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        try:
+            validate_name(self.cmd.name)
+            validate_paths([f.path for f in self.cmd.files])
+        except PeerstoreError as err:
+            self.finish(ev.Failed(str(err)))
+            return
+        alive = len(self.node.alive)
+        k, p = self.policy.stripe_width, self.policy.parity
+        if alive < 2:
+            self.finish(ev.Failed(
+                f"only {alive} live node: peerstore keeps two replicas on two different machines; "
+                "start another node (or check that the nodes can reach each other)"
+            ))
+            return
+        best = placement.best_tolerance(alive, k, p)
+        if best < self.policy.min_tolerance:
+            self.finish(ev.Failed(
+                f"{alive} live nodes give tolerance {best}, below min_tolerance "
+                f"{self.policy.min_tolerance}; start more nodes or lower policy.min_tolerance"
+            ))
+            return
+        for index, spec in enumerate(self.cmd.files):
+            for span in iter_stripes(spec.size, self.policy.shard_size, k):
+                self.plan.append(PlannedStripe(index, span.offset, tuple(s.length for s in span.shards)))
+            self.file_last_stripe[index] = len(self.plan)  # stripes below this belong to files <= index
+        self.version = VersionId(self.node.reserve_counter(self.cmd.name), self.node.node_id)
+        self._pump(now)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read_more(self) -> None:
+        while self.next_read < len(self.plan) or self.next_file_finish < len(self.cmd.files):
+            # Finish every file whose stripes have all been requested, in order.
+            if self.next_file_finish < len(self.cmd.files) and (
+                self.file_last_stripe[self.next_file_finish] <= self.next_read
+            ):
+                f = self.next_file_finish
+                self.node.emit(ev.FinishFileRead(self.op_id, self.client, f, self.cmd.files[f].size))
+                self.next_file_finish += 1
+                continue
+            planned = self.plan[self.next_read]
+            cost = planned.shard_lengths[0] * (len(planned.shard_lengths) + self.policy.parity)
+            if not self.node.can_buffer(cost, self.held):
+                return
+            self.node.buffer_bytes += cost
+            self.held += cost
+            self.node.emit(ev.EncodeStripe(
+                self.op_id, self.client, self.next_read, planned.file_index, planned.offset,
+                planned.shard_lengths, self.policy.parity,
+            ))
+            self.next_read += 1
+
+    def on_completion(self, now: float, event: Any) -> None:
+        if isinstance(event, ev.StripeEncoded):
+            self._stripe_encoded(now, event)
+        elif isinstance(event, ev.FileRead):
+            if event.error:
+                self._fail(f"reading {self.cmd.files[event.file_index].path} failed: {event.error}")
+                return
+            self.file_hashes[event.file_index] = event.blake3
+            self._maybe_commit(now)
+
+    def _stripe_encoded(self, now: float, event: ev.StripeEncoded) -> None:
+        planned = self.plan[event.stripe]
+        if event.error:
+            self.node.emit(ev.ReleaseHandles(tuple(event.handles)))
+            self._fail(f"reading {self.cmd.files[planned.file_index].path} failed: {event.error}")
+            return
+        k = len(planned.shard_lengths)
+        entry = StripeEntry(
+            k=k, p=self.policy.parity, block_size=planned.shard_lengths[0],
+            data_ids=tuple(event.data_ids), data_lengths=tuple(event.data_lengths),
+            parity_ids=tuple(event.parity_ids),
+        )
+        key = b"".join(entry.piece_ids)
+        try:
+            where = placement.place_stripe(key, self._candidates(), k, self.policy.parity)
+        except PeerstoreError as err:
+            self.node.emit(ev.ReleaseHandles(tuple(event.handles)))
+            self._fail(f"cannot place stripe {event.stripe}: {err}")
+            return
+        slots = []
+        for i, (a, b) in enumerate(where.data):
+            slots += [Slot(i, entry.data_ids[i], a), Slot(i, entry.data_ids[i], b)]
+        for j, node in enumerate(where.parity):
+            slots.append(Slot(k + j, entry.parity_ids[j], node))
+        cost = planned.shard_lengths[0] * (k + self.policy.parity)
+        stripe = EncodedStripe(entry, tuple(event.handles), key, slots, cost)
+        self.stripes[event.stripe] = stripe
+        self.entries[event.stripe] = entry
+        for slot in slots:
+            self._attach(event.stripe, stripe, slot)
+        self._pump(now)
+
+    # -- transfers -----------------------------------------------------------------------
+
+    def _candidates(self) -> list[str]:
+        return sorted(self.node.alive - self.failed_peers)
+
+    def _attach(self, number: int, stripe: EncodedStripe, slot: Slot) -> None:
+        """Route ``slot`` through the transfer of its piece to its target (shared if any)."""
+        key = (slot.target, slot.piece_id)
+        transfer = self.transfers.get(key)
+        if transfer is None:
+            size = stripe.entry.data_lengths[slot.position] if slot.position < stripe.entry.k \
+                else stripe.entry.block_size
+            transfer = Transfer(slot.target, slot.piece_id, stripe.handles[slot.position], size)
+            self.transfers[key] = transfer
+        elif transfer.in_flight is False and transfer.slots and all(s.acked for _, s in transfer.slots):
+            slot.acked = True  # already durable there (identical piece earlier in this put)
+            return
+        transfer.slots.append((number, slot))
+
+    def _pump(self, now: float) -> None:
+        if self.finished or self.phase != "transfer":
+            return
+        for transfer in list(self.transfers.values()):
+            if transfer.in_flight or transfer.retry_at > now or not transfer.slots:
+                continue
+            if all(slot.acked for _, slot in transfer.slots):
+                continue
+            if transfer.target == self.node.node_id:
+                self._store_locally(transfer)
+            elif self.node.can_send(transfer.target, transfer.size):
+                self._send(now, transfer)
+        self._read_more()
+        self._maybe_commit(now)
+
+    def _send(self, now: float, transfer: Transfer) -> None:
+        transfer.in_flight = True
+        self.node.request(
+            now,
+            transfer.target,
+            lambda req: msg.StorePiece(req, piece_id=transfer.piece_id, size=transfer.size),
+            lambda t, reply, payload: self._transfer_answered(
+                t, transfer, isinstance(reply, msg.PieceStored) and reply.ok,
+                getattr(reply, "error", "") or "refused",
+            ),
+            lambda t, why: self._transfer_answered(t, transfer, False, why),
+            payload=transfer.handle,
+            inflight_bytes=transfer.size,
+        )
+
+    def _store_locally(self, transfer: Transfer) -> None:
+        transfer.in_flight = True
+
+        def stored(t: float, done: ev.PieceStoredLocally) -> None:
+            if done.ok:
+                self.node.inventory.add(transfer.piece_id)
+            self._transfer_answered(t, transfer, done.ok, done.error or "local store failed")
+
+        self.node.local(lambda tag: ev.StorePieceLocal(tag, transfer.piece_id, transfer.handle), stored)
+
+    def _transfer_answered(self, now: float, transfer: Transfer, ok: bool, why: str) -> None:
+        transfer.in_flight = False
+        if self.finished:
+            return
+        if ok:
+            for number, slot in transfer.slots:
+                slot.acked = True
+                self._stripe_progress(number)
+            self._pump(now)
+            return
+        transfer.attempts += 1
+        give_up = (
+            why == "timeout"
+            or "full" in why
+            or transfer.attempts >= self.node.settings.retries
+            or not self.node.is_alive(transfer.target)
+        )
+        if give_up:
+            self.failed_peers.add(transfer.target)
+            self._replace(now, transfer)
+        else:
+            transfer.retry_at = now + self.node.backoff(transfer.attempts)
+        self._pump(now)
+
+    def _replace(self, now: float, transfer: Transfer) -> None:
+        """The transfer's target failed: re-plan every stripe still waiting on it."""
+        waiting = sorted({n for n, s in transfer.slots if not s.acked})
+        transfer.slots = [(n, s) for n, s in transfer.slots if s.acked]
+        for number in waiting:
+            if not self._replan(number):
+                return
+
+    def _replan(self, number: int) -> bool:
+        """Place stripe ``number`` again over the nodes still usable, with the template for
+        that many nodes (re-placing pieces one by one would lower tolerance). Slots whose
+        node stays the same keep their progress; the others are sent again."""
+        stripe = self.stripes[number]
+        k, p = stripe.entry.k, stripe.entry.p
+        try:
+            where = placement.place_stripe(stripe.key, self._candidates(), k, p)
+        except PeerstoreError as err:
+            self._fail(f"cannot re-place stripe {number} after failures ({err})")
+            return False
+        wanted: dict[int, list[str]] = {i: list(pair) for i, pair in enumerate(where.data)}
+        wanted.update({k + j: [node] for j, node in enumerate(where.parity)})
+        moved = []
+        for slot in stripe.slots:  # keep slots already on a node the new plan wants there
+            if slot.target in wanted[slot.position] and slot.target not in self.failed_peers:
+                wanted[slot.position].remove(slot.target)
+            else:
+                moved.append(slot)
+        for slot in moved:
+            old = self.transfers.get((slot.target, slot.piece_id))
+            if old is not None:
+                old.slots = [(n, s) for n, s in old.slots if s is not slot]
+            slot.target = wanted[slot.position].pop(0)
+            slot.acked = False
+            self._attach(number, stripe, slot)
+        return True
+
+    def _stripe_progress(self, number: int) -> None:
+        stripe = self.stripes.get(number)
+        if stripe is not None and stripe.done and stripe.handles:
+            self.node.emit(ev.ReleaseHandles(stripe.handles))
+            stripe.handles = ()
+            self.node.buffer_bytes -= stripe.buffered
+            self.held -= stripe.buffered
+            stripe.buffered = 0
+
+    def tick(self, now: float) -> None:
+        self._pump(now)
+
+    def next_deadline(self) -> float | None:
+        if self.finished or self.phase != "transfer":
+            return None
+        due = [t.retry_at for t in self.transfers.values() if not t.in_flight and t.retry_at > 0
+               and not all(s.acked for _, s in t.slots)]
+        return min(due, default=None)
+
+    def on_members_changed(self, now: float) -> None:
+        if self.phase != "transfer":
+            return
+        for transfer in list(self.transfers.values()):
+            if not self.node.is_alive(transfer.target) and not transfer.in_flight and transfer.slots:
+                self.failed_peers.add(transfer.target)
+                self._replace(now, transfer)
+        self._pump(now)
+
+    # -- commit --------------------------------------------------------------------------
+
+    def _maybe_commit(self, now: float) -> None:
+        if self.finished or self.phase != "transfer":
+            return
+        if len(self.entries) < len(self.plan) or len(self.file_hashes) < len(self.cmd.files):
+            return
+        if not all(stripe.done for stripe in self.stripes.values()):
+            return
+        self.phase = "manifest"
+        manifest = self._manifest(now)
+        if manifest.tolerance < self.policy.min_tolerance:
+            self._fail(
+                f"stored with tolerance {manifest.tolerance}, below min_tolerance "
+                f"{self.policy.min_tolerance} (too few live nodes took pieces)"
+            )
+            return
+        blob = manifest.encode()
+        mid = manifest.id
+        Broadcast(
+            self.node,
+            peers=sorted(self.node.alive - {self.node.node_id} - self.failed_peers),
+            make=lambda req: msg.StoreManifest(req, manifest_id=mid, blob=blob),
+            accept=lambda reply: isinstance(reply, msg.ManifestStored) and reply.ok,
+            local=lambda done: self.node.local(
+                lambda tag: ev.StoreManifestLocal(tag, mid, blob), lambda t, c: done(t, c.ok)
+            ),
+            on_done=lambda t, acks: self._manifest_stored(t, manifest, acks),
+        ).start(now)
+
+    def _manifest(self, now: float) -> Manifest:
+        holders: dict[bytes, set[str]] = {}
+        for stripe in self.stripes.values():
+            for slot in stripe.slots:
+                holders.setdefault(slot.piece_id, set()).add(slot.target)
+        files = []
+        hints = []
+        for index, spec in enumerate(self.cmd.files):
+            numbers = [n for n in range(len(self.plan)) if self.plan[n].file_index == index]
+            files.append(FileEntry(
+                path=spec.path, size=spec.size, mode=spec.mode & 0o7777,
+                blake3=self.file_hashes[index],
+                stripes=tuple(self.entries[n] for n in numbers),
+            ))
+            for n in numbers:
+                hints.append(self._hint(self.stripes[n]))
+        tolerance = placement.checkpoint_tolerance(
+            (
+                ([frozenset(holders[pid]) for pid in s.entry.piece_ids], s.entry.k)
+                for s in self.stripes.values()
+            ),
+            empty=len(self.node.alive) - 1,
+        )
+        assert self.version is not None
+        return Manifest(
+            name=self.cmd.name, version=self.version, policy=self.policy, files=tuple(files),
+            placement=tuple(hints), tolerance=tolerance, created=self.cmd.created,
+            is_dir=self.cmd.is_dir,
+        )
+
+    @staticmethod
+    def _hint(stripe: EncodedStripe) -> tuple[str, ...]:
+        k = stripe.entry.k
+        data = [[s.target for s in stripe.slots if s.position == i] for i in range(k)]
+        parity = [next(s.target for s in stripe.slots if s.position == k + j)
+                  for j in range(stripe.entry.p)]
+        return tuple(node for pair in data for node in pair) + tuple(parity)
+
+    def _manifest_stored(self, now: float, manifest: Manifest, acks: int) -> None:
+        if self.finished:
+            return
+        if acks < manifest.tolerance + 1:
+            self._fail(f"the manifest reached only {acks} nodes; it needs {manifest.tolerance + 1}")
+            return
+        self.phase = "catalog"  # from here on the put may become visible: no more aborts
+        entry = CatalogEntry(
+            name=manifest.name, version=manifest.version, manifest_id=manifest.id,
+            size=manifest.total_size(), files=len(manifest.files),
+            tolerance=manifest.tolerance, created=manifest.created,
+        )
+        delta = Catalog(entries=[entry])
+        self.node._spread_catalog(now, delta, lambda t, acks: self._committed(t, manifest, acks))
+
+    def _committed(self, now: float, manifest: Manifest, acks: int) -> None:
+        if acks < manifest.tolerance + 1:
+            self.finish(ev.Failed(
+                f"the catalog entry reached only {acks} nodes; the checkpoint may or may not be "
+                f"visible: check with 'peerstore ls {manifest.name}'",
+                outcome_unknown=True,
+            ))
+            return
+        self.finish(ev.PutDone(
+            name=manifest.name, version=str(manifest.version.counter), manifest_id=manifest.id,
+            tolerance=manifest.tolerance, size=manifest.total_size(),
+            pieces=sum(len(s.slots) for s in self.stripes.values()),
+        ))
+
+    # -- ending --------------------------------------------------------------------------
+
+    def cancel(self, now: float) -> None:
+        if self.phase == "catalog":
+            return  # may already be visible somewhere: finish the commit
+        self.finish(ev.Failed("cancelled: the client disconnected before the put committed"))
+
+    def _fail(self, reason: str) -> None:
+        self.finish(ev.Failed(f"put {self.cmd.name} failed: {reason}"))
+
+    def cleanup(self) -> None:
+        handles = tuple(h for s in self.stripes.values() for h in s.handles)
+        if handles:
+            self.node.emit(ev.ReleaseHandles(handles))
+        for stripe in self.stripes.values():
+            stripe.handles = ()
+        self.node.buffer_bytes -= self.held
+        self.held = 0

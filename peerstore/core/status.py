@@ -1,0 +1,97 @@
+"""``status``: every live checkpoint with its tolerance *now*, from real inventories.
+
+Tolerance is computed over the nodes that actually hold each piece, as reported by every
+live node (QueryPieces), not over the placement hint in the manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peerstore import placement
+from peerstore.core import events as ev
+from peerstore.core.manifests import ManifestFetch
+from peerstore.core.node import NodeCore, Operation
+from peerstore.manifest import CatalogEntry, Manifest
+from peerstore.wire import messages as msg
+
+
+class StatusOperation(Operation):
+    def __init__(self, node: NodeCore, op_id: int, client: Any):
+        super().__init__(node, op_id, client)
+        self.entries: list[CatalogEntry] = [
+            e for name in node.catalog.names() for e in node.catalog.live_versions(name)
+        ]
+        self.manifests: dict[bytes, Manifest | None] = {}
+        self.holders: dict[bytes, set[str]] = {}
+        self.queries_left = 0
+
+    def start(self, now: float) -> None:
+        self._next_manifest(now)
+
+    def _next_manifest(self, now: float) -> None:
+        missing = [e for e in self.entries if e.manifest_id not in self.manifests]
+        if not missing:
+            self._query(now)
+            return
+        mid = missing[0].manifest_id
+
+        def loaded(t: float, manifest: Manifest | None) -> None:
+            self.manifests[mid] = manifest
+            self._next_manifest(t)
+
+        ManifestFetch(self.node, mid, loaded).start()
+
+    def _query(self, now: float) -> None:
+        ids = sorted({pid for m in self.manifests.values() if m for pid in m.piece_ids()})
+        for pid in ids:
+            self.holders[pid] = {self.node.node_id} if pid in self.node.inventory else set()
+        chunks = [tuple(ids[i: i + msg.MAX_QUERY_IDS]) for i in range(0, len(ids), msg.MAX_QUERY_IDS)]
+        self.queries_left = len(chunks)
+        if not chunks:
+            self._report()
+            return
+        peers = sorted(self.node.alive - {self.node.node_id})
+        for chunk in chunks:
+            waiting = {"n": len(peers)}
+
+            def answered(t: float, peer: str, reply: Any, chunk: tuple[bytes, ...] = chunk,
+                         waiting: dict = waiting) -> None:
+                if isinstance(reply, msg.PiecesHeld):
+                    for i, pid in enumerate(chunk):
+                        if i // 8 < len(reply.held) and reply.held[i // 8] >> (i % 8) & 1:
+                            self.holders[pid].add(peer)
+                waiting["n"] -= 1
+                if waiting["n"] == 0:
+                    self._chunk_done()
+
+            if not peers:
+                self._chunk_done()
+            for peer in peers:
+                self.node.request(
+                    now, peer, lambda req, chunk=chunk: msg.QueryPieces(req, piece_ids=chunk),
+                    lambda t, reply, payload, peer=peer, answered=answered: answered(t, peer, reply),
+                    lambda t, why, peer=peer, answered=answered: answered(t, peer, None),
+                )
+
+    def _chunk_done(self) -> None:
+        self.queries_left -= 1
+        if self.queries_left == 0:
+            self._report()
+
+    def _report(self) -> None:
+        rows = []
+        for entry in self.entries:
+            manifest = self.manifests.get(entry.manifest_id)
+            if manifest is None:
+                rows.append(ev.CheckpointStatus(entry, pieces=0, tolerance=-1))
+                continue
+            tolerance = placement.checkpoint_tolerance(
+                (
+                    ([frozenset(self.holders.get(pid, ())) for pid in stripe.piece_ids], stripe.k)
+                    for _, _, stripe in manifest.iter_stripes()
+                ),
+                empty=len(self.node.alive) - 1,
+            )
+            rows.append(ev.CheckpointStatus(entry, pieces=len(manifest.piece_ids()), tolerance=tolerance))
+        self.finish(ev.Status(self.node.node_id, tuple(sorted(self.node.alive)), tuple(rows)))

@@ -1,0 +1,223 @@
+"""Node-to-node request and reply messages of the data path.
+
+Each message is a frozen dataclass. On the wire a message becomes a msgpack header map
+``{"t": TYPE, field: value, ...}``; its ``blob`` field (manifest and catalog bytes), if
+any, travels as the frame payload instead. Piece bytes never appear in a message: they
+travel as a frame payload the shell moves between socket and disk.
+
+``from_header`` checks every field's type and bound, so a peer (authenticated, but
+possibly buggy or running another version) cannot hand the core a malformed message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from peerstore.errors import CodecError
+
+PIECE_ID_LEN = 32
+MAX_BLOB = 64 * 1024 * 1024
+MAX_ERROR_LEN = 500
+MAX_CATALOG_ITEMS = 100_000
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    req: int
+
+    def to_header(self) -> dict[str, Any]:
+        """The msgpack header for this message (without the blob)."""
+        header: dict[str, Any] = {"t": self.TYPE}
+        for field in dataclasses.fields(self):
+            if field.name != "blob":
+                header[field.name] = getattr(self, field.name)
+        return header
+
+    @property
+    def payload_blob(self) -> bytes | None:
+        return getattr(self, "blob", None)
+
+
+# Put path ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorePiece(Message):
+    """Please store this piece durably; its bytes follow as the payload."""
+
+    TYPE = "store_piece"
+    piece_id: bytes
+    size: int
+
+
+@dataclass(frozen=True)
+class PieceStored(Message):
+    """Reply to StorePiece: ok means the piece is durable (fsynced and renamed)."""
+
+    TYPE = "piece_stored"
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class StoreManifest(Message):
+    """Please store this manifest durably (not yet visible in the catalog)."""
+
+    TYPE = "store_manifest"
+    manifest_id: bytes
+    blob: bytes = b""
+
+
+@dataclass(frozen=True)
+class ManifestStored(Message):
+    TYPE = "manifest_stored"
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class CatalogUpdate(Message):
+    """Merge this catalog state (encoded Catalog) and persist it before acknowledging."""
+
+    TYPE = "catalog_update"
+    blob: bytes = b""
+
+
+@dataclass(frozen=True)
+class CatalogAck(Message):
+    TYPE = "catalog_ack"
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class SyncCatalog(Message):
+    """Anti-entropy: merge my whole catalog, and answer with yours (CatalogState)."""
+
+    TYPE = "sync_catalog"
+    blob: bytes = b""
+
+
+@dataclass(frozen=True)
+class CatalogState(Message):
+    TYPE = "catalog_state"
+    blob: bytes = b""
+
+
+# Get path ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchPiece(Message):
+    TYPE = "fetch_piece"
+    piece_id: bytes
+
+
+@dataclass(frozen=True)
+class PieceData(Message):
+    """Reply to FetchPiece; when found, the piece bytes follow as the payload."""
+
+    TYPE = "piece_data"
+    piece_id: bytes
+    found: bool
+
+
+@dataclass(frozen=True)
+class FetchManifest(Message):
+    TYPE = "fetch_manifest"
+    manifest_id: bytes
+
+
+@dataclass(frozen=True)
+class ManifestData(Message):
+    TYPE = "manifest_data"
+    found: bool
+    blob: bytes = b""
+
+
+@dataclass(frozen=True)
+class QueryPieces(Message):
+    """Which of these pieces do you hold? (inventory check for status and tolerance)"""
+
+    TYPE = "query_pieces"
+    piece_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class PiecesHeld(Message):
+    TYPE = "pieces_held"
+    held: bytes  # bitmap, one bit per queried piece, in order
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        StorePiece, PieceStored, StoreManifest, ManifestStored, CatalogUpdate, CatalogAck,
+        SyncCatalog, CatalogState,
+        FetchPiece, PieceData, FetchManifest, ManifestData, QueryPieces, PiecesHeld,
+    )
+}
+
+REPLY_TYPES = frozenset(
+    {PieceStored, ManifestStored, CatalogAck, CatalogState, PieceData, ManifestData, PiecesHeld}
+)
+MAX_QUERY_IDS = 1024  # 34 bytes each in msgpack: well inside the 64 KiB header limit
+
+
+def _check(cls: type[Message], name: str, value: Any) -> Any:
+    """Validate one field by its declared type; raise CodecError naming it."""
+    annotation = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    where = f"{cls.TYPE}.{name}"
+    if annotation == "int":
+        if type(value) is not int or not 0 <= value < 2**63:
+            raise CodecError(f"{where}: expected a non-negative integer")
+    elif annotation == "bool":
+        if type(value) is not bool:
+            raise CodecError(f"{where}: expected a boolean")
+    elif annotation == "str":
+        if not isinstance(value, str) or len(value) > MAX_ERROR_LEN:
+            raise CodecError(f"{where}: expected a string of at most {MAX_ERROR_LEN} characters")
+    elif annotation == "bytes":
+        if not isinstance(value, bytes):
+            raise CodecError(f"{where}: expected bytes")
+        if name in ("piece_id", "manifest_id") and len(value) != PIECE_ID_LEN:
+            raise CodecError(f"{where}: expected {PIECE_ID_LEN} bytes")
+        if len(value) > MAX_BLOB:
+            raise CodecError(f"{where}: larger than {MAX_BLOB} bytes")
+    elif annotation == "tuple[bytes, ...]":
+        if not isinstance(value, (list, tuple)) or len(value) > MAX_QUERY_IDS:
+            raise CodecError(f"{where}: expected at most {MAX_QUERY_IDS} piece ids")
+        if any(not isinstance(v, bytes) or len(v) != PIECE_ID_LEN for v in value):
+            raise CodecError(f"{where}: every piece id must be {PIECE_ID_LEN} bytes")
+        value = tuple(value)
+    else:  # pragma: no cover - a new field type without a validator is a programming error
+        raise AssertionError(f"no validator for {where}: {annotation}")
+    return value
+
+
+def from_header(header: dict[str, Any], blob: bytes | None = None) -> Message:
+    """Build a message from a received header (and payload blob); CodecError if malformed."""
+    if not isinstance(header, dict):
+        raise CodecError("message header is not a map")
+    cls = MESSAGE_TYPES.get(header.get("t"))  # type: ignore[arg-type]
+    if cls is None:
+        raise CodecError(f"unknown message type {header.get('t')!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    extra = set(header) - set(names) - {"t"}
+    if extra:
+        raise CodecError(f"{cls.TYPE}: unexpected fields {sorted(extra)}")
+    values = {}
+    for name in names:
+        if name == "blob":
+            values[name] = _check(cls, name, blob if blob is not None else b"")
+            continue
+        if name not in header:
+            field = next(f for f in dataclasses.fields(cls) if f.name == name)
+            if field.default is dataclasses.MISSING:
+                raise CodecError(f"{cls.TYPE}: missing field {name!r}")
+            continue
+        values[name] = _check(cls, name, header[name])
+    return cls(**values)
