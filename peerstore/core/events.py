@@ -302,6 +302,14 @@ class PutDone:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Bytes of the checkpoint durably stored so far (not final)."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class GetStarted:
     """The manifest of the checkpoint being fetched: the client prepares its files."""
 

@@ -172,6 +172,7 @@ class GetOperation(Operation):
                 if peer is not None:
                     if position.tried:
                         fetch.fallbacks += 1
+                        self.node.stats["piece_fallbacks"] += 1
                     position.tried.add(peer)
                     position.busy = True
                     self._fetch(now, fetch, position, peer)
@@ -240,6 +241,7 @@ class GetOperation(Operation):
             self.node.emit(ev.ReleaseHandles((handle,)))
             return
         if not ok:
+            self.node.stats["corrupt_pieces_fetched"] += 1
             self.node.emit(ev.ReleaseHandles((handle,)))
             self._source_failed(now, number, position, peer, "corrupt")
             return
@@ -279,6 +281,7 @@ class GetOperation(Operation):
         chosen = data if len(data) == entry.k else fetch.verified[: entry.k]
         if len(data) < entry.k:
             self.degraded += 1
+            self.node.stats["stripes_rebuilt_from_parity"] += 1
         self.fallbacks += fetch.fallbacks
         keep = {id(p) for p in chosen}
         spare = tuple(p.handle for p in fetch.positions if p.handle is not None and id(p) not in keep)

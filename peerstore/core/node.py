@@ -12,6 +12,7 @@ request helpers here. All randomness comes from the injected ``random.Random``.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -108,6 +109,7 @@ class NodeCore:
         self.inflight: dict[str, int] = {}
         self.buffer_bytes = 0  # bytes of stripe buffers held by the shell for our ops
         self.reserved_counters: dict[str, int] = {}  # Lamport counters handed out, per name
+        self.stats: Counter[str] = Counter()  # events worth a metric: retries, timeouts, ...
 
     # -- entry points --------------------------------------------------------------------
 
@@ -224,6 +226,7 @@ class NodeCore:
         if pending is None:
             return
         self._release_inflight(pending)
+        self.stats[f"request_{why}"] += 1
         pending.on_failure(now, why)
 
     def _release_inflight(self, pending: PendingRequest) -> None:

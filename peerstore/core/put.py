@@ -98,6 +98,7 @@ class PutOperation(Operation):
         self.file_hashes: dict[int, bytes] = {}
         self.transfers: dict[tuple[str, bytes], Transfer] = {}
         self.held = 0  # bytes of our stripes buffered in the shell
+        self.stored_bytes = 0  # checkpoint bytes whose stripe is fully acknowledged
         self.failed_peers: set[str] = set()
         self.phase = "transfer"
         self.version: VersionId | None = None
@@ -279,6 +280,7 @@ class PutOperation(Operation):
             self.failed_peers.add(transfer.target)
             self._replace(now, transfer)
         else:
+            self.node.stats["piece_retries"] += 1
             transfer.retry_at = now + self.node.backoff(transfer.attempts)
         self._pump(now)
 
@@ -296,6 +298,7 @@ class PutOperation(Operation):
         node stays the same keep their progress; the others are sent again."""
         stripe = self.stripes[number]
         k, p = stripe.entry.k, stripe.entry.p
+        self.node.stats["stripes_replanned"] += 1
         try:
             where = placement.place_stripe(stripe.key, self._candidates(), k, p)
         except PeerstoreError as err:
@@ -321,6 +324,8 @@ class PutOperation(Operation):
     def _stripe_progress(self, number: int) -> None:
         stripe = self.stripes.get(number)
         if stripe is not None and stripe.done and stripe.handles:
+            self.stored_bytes += sum(stripe.entry.data_lengths)
+            self.reply(ev.Progress(self.stored_bytes, sum(f.size for f in self.cmd.files)))
             self.node.emit(ev.ReleaseHandles(stripe.handles))
             stripe.handles = ()
             self.node.buffer_bytes -= stripe.buffered

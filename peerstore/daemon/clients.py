@@ -1,0 +1,187 @@
+"""One CLI connection: turn its request into a core command and stream the answer back.
+
+Three tasks per session: the receiver (requests, file data, noticing the client leave),
+the reader (a put's stripes, read and encoded in order), and the writer (replies and a
+get's stripes, in the order the core produced them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import blake3
+import trio
+
+from peerstore.core import events as ev
+from peerstore.daemon.sources import ClientStream, FileHasher, LocalFiles, SourceError, encode_stripe
+from peerstore.daemon.transport import PeerClosed, WireStream
+from peerstore.errors import CodecError
+from peerstore.wire import client_protocol as cp
+
+if TYPE_CHECKING:
+    from peerstore.daemon.node import Daemon
+
+log = logging.getLogger("peerstore.client")
+
+ENDED = (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class ClientSession:
+    def __init__(self, daemon: "Daemon", token: int, wire: WireStream):
+        self.daemon = daemon
+        self.token = token
+        self.wire = wire
+        self.out_send, self.out = trio.open_memory_channel[Any](math.inf)
+        self.reads_send, self.reads = trio.open_memory_channel[Any](math.inf)
+        self.source: LocalFiles | ClientStream | None = None
+        self.hasher = FileHasher()
+        self.finished = trio.Event()
+        self.kind = "?"
+
+    def enqueue(self, effect: Any) -> None:
+        if isinstance(effect, (ev.EncodeStripe, ev.FinishFileRead)):
+            self.reads_send.send_nowait(effect)
+        else:
+            self.out_send.send_nowait(effect)
+
+    async def run(self) -> None:
+        try:
+            frame = await self.wire.receive()
+        except (*ENDED, CodecError):
+            return
+        try:
+            command = self._command(frame.header)
+        except CodecError as err:
+            try:
+                await self.wire.send(cp.failed(f"bad request: {err}"))
+            except ENDED:
+                pass
+            return
+        self.daemon.feed(command)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive, nursery)
+            nursery.start_soon(self._read_stripes)
+            await self._write()
+            nursery.cancel_scope.cancel()
+
+    def _command(self, header: dict[str, Any]) -> Any:
+        kind = header.get("t")
+        self.kind = str(kind)
+        if kind == "put":
+            name, files, is_dir, local_root = cp.parse_put(header)
+            paths = [p for p, _, _ in files]
+            if local_root is not None:
+                self.source = LocalFiles(Path(local_root), paths, single=not is_dir)
+            else:
+                self.source = ClientStream()
+            specs = tuple(ev.FileSpec(p, size, mode) for p, size, mode in files)
+            log.info("put %s: %d files, %d bytes", name, len(specs), sum(f.size for f in specs))
+            return ev.PutCommand(self.token, name, specs, is_dir=is_dir, created=self.daemon.wall_clock())
+        if kind == "get":
+            return ev.GetCommand(self.token, cp.parse_spec(header))
+        if kind == "ls":
+            name = header.get("name")
+            return ev.ListCommand(self.token, name if isinstance(name, str) else None)
+        if kind == "status":
+            return ev.StatusCommand(self.token)
+        if kind == "rm":
+            return ev.RemoveCommand(self.token, cp.parse_spec(header))
+        raise CodecError(f"unknown request {kind!r}")
+
+    async def _receive(self, nursery: trio.Nursery) -> None:
+        """File data for a streamed put; EOF or garbage before the end cancels the op."""
+        try:
+            while True:
+                frame = await self.wire.receive()
+                if frame.header.get("t") == "data" and isinstance(self.source, ClientStream):
+                    await self.source.feed(frame.header, frame.payload)
+                else:
+                    raise CodecError(f"unexpected {frame.header.get('t')!r} frame during an operation")
+        except (*ENDED, CodecError) as err:
+            if not self.finished.is_set():
+                log.info("client left before its %s finished (%s)", self.kind, err)
+                self.daemon.feed(ev.CancelCommand(self.token))
+            if isinstance(self.source, ClientStream):
+                self.source.send.close()
+
+    async def _read_stripes(self) -> None:
+        async with trio.open_nursery() as encoders:
+            async for effect in self.reads:
+                if isinstance(effect, ev.FinishFileRead):
+                    self.daemon.feed(ev.FileRead(effect.op, effect.file_index, self.hasher.digest(effect.file_index)))
+                    continue
+                assert self.source is not None
+                try:
+                    data = await self.source.read(effect.file_index, effect.offset, sum(effect.shard_lengths))
+                except SourceError as err:
+                    self.daemon.feed(ev.StripeEncoded(effect.op, effect.stripe, (), (), (), (), error=str(err)))
+                    continue
+                # the whole-file hash must see stripes in order; encoding may overlap the next read
+                await trio.to_thread.run_sync(self.hasher.update, effect.file_index, data)
+                encoders.start_soon(self._encode, effect, data)
+
+    async def _encode(self, effect: ev.EncodeStripe, data: bytearray) -> None:
+        pieces, data_ids, parity_ids = await trio.to_thread.run_sync(
+            encode_stripe, data, effect.shard_lengths, effect.parity
+        )
+        handles = tuple(self.daemon.buffers.add(p) for p in pieces)
+        self.daemon.feed(ev.StripeEncoded(
+            effect.op, effect.stripe, tuple(data_ids), tuple(effect.shard_lengths), tuple(parity_ids), handles,
+        ))
+
+    async def _write(self) -> None:
+        async for effect in self.out:
+            if isinstance(effect, ev.DeliverStripe):
+                await self.daemon.deliver(self, effect)
+                continue
+            final = effect.final
+            if final:
+                self.finished.set()
+            try:
+                await self._reply(effect.body)
+            except ENDED:
+                return
+            if final:
+                outcome = "failed" if isinstance(effect.body, ev.Failed) else "ok"
+                self.daemon.metrics.operations.labels(self.kind, outcome).inc()
+                return
+
+    async def send_stripe(self, file_index: int, offset: int, shards: list[Any]) -> None:
+        data = b"".join(bytes(s) if not isinstance(s, (bytes, bytearray)) else s for s in shards) \
+            if len(shards) > 1 else shards[0]
+        await self.wire.send({"t": "stripe", "file": file_index, "offset": offset}, data)
+
+    async def _reply(self, body: Any) -> None:
+        send = self.wire.send
+        if isinstance(body, ev.Progress):
+            await send({"t": "progress", "done": body.done, "total": body.total})
+        elif isinstance(body, ev.PutDone):
+            await send({"t": "put_done", "name": body.name, "version": body.version,
+                        "tolerance": body.tolerance, "size": body.size, "pieces": body.pieces,
+                        "manifest_id": body.manifest_id.hex()})
+        elif isinstance(body, ev.Failed):
+            await send(cp.failed(body.reason, body.outcome_unknown))
+        elif isinstance(body, ev.GetStarted):
+            blob = body.manifest.encode()
+            await send({"t": "manifest"}, blob, blake3.blake3(blob).digest())
+            await send({"t": "entry", **cp.entry_dict(body.entry)})
+        elif isinstance(body, ev.GetDone):
+            await send({"t": "get_done", "name": body.name, "version": body.version, "size": body.size,
+                        "degraded": body.degraded_stripes, "fallbacks": body.fallbacks})
+        elif isinstance(body, ev.Listing):
+            await send({"t": "listing", "entries": [cp.entry_dict(e) for e in body.entries]})
+        elif isinstance(body, ev.Removed):
+            await send({"t": "removed", "versions": list(body.versions)})
+        elif isinstance(body, ev.Status):
+            await send({
+                "t": "status", "node_id": body.node_id, "members": self.daemon.member_rows(),
+                "checkpoints": [
+                    {**cp.entry_dict(row.entry), "pieces": row.pieces, "tolerance_now": row.tolerance}
+                    for row in body.checkpoints
+                ],
+            })
+        else:  # pragma: no cover - a new reply type without a wire form
+            raise AssertionError(f"no wire form for {type(body).__name__}")

@@ -1,0 +1,86 @@
+"""``peerstore node``: run one daemon until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import trio
+
+from peerstore.config import EXAMPLE_CLUSTER_KEY, Config
+from peerstore.daemon.node import Daemon
+from peerstore.errors import PeerstoreError, StoreError
+from peerstore.identity import load_or_create_identity
+
+log = logging.getLogger("peerstore.node")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Only one node per data directory (two would corrupt each other's state)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "LOCK", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.close()
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StoreError(f"{data_dir} is in use by another peerstore node; stop it first") from err
+        raise
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+async def serve(config: Config) -> None:
+    identity = load_or_create_identity(config.data_dir)
+    daemon = Daemon(config, identity)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(daemon.run)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run_node(config: Config) -> int:
+    """Run a node in the foreground; return the process exit code."""
+    setup_logging(config.log_level)
+    if config.cluster_key == bytes.fromhex(EXAMPLE_CLUSTER_KEY):
+        log.warning("cluster_key is the example key from config.example.yaml: anyone can join; "
+                    "run 'peerstore init' for a fresh one")
+    try:
+        with data_dir_lock(config.data_dir):
+            trio.run(serve, config)
+    except PeerstoreError as err:
+        log.error("%s", err)
+        return 1
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from peerstore.config import load_config
+
+    sys.exit(run_node(load_config(Path(os.environ.get("PEERSTORE_CONFIG", "config.yaml")))))

@@ -1,0 +1,361 @@
+"""The trio shell around the sans-IO core: one ``Daemon`` per ``peerstore node``.
+
+One task owns the core. Everything else (peer connections, client sessions, worker
+threads doing disk I/O, hashing and zfec) reports to it through the ``inputs`` channel,
+and it turns the core's effects into tasks. No other task touches the core.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import blake3
+import trio
+
+from peerstore.config import Config
+from peerstore.core import events as ev
+from peerstore.core.node import NodeCore
+from peerstore.core.settings import CoreSettings
+from peerstore.daemon.buffers import Buffers
+from peerstore.daemon.clients import ClientSession
+from peerstore.daemon.metrics import Metrics
+from peerstore.daemon.peers import DIAL_ERRORS, Peers
+from peerstore.daemon.transport import PeerClosed, WireStream, tune_socket
+from peerstore.ec import decode_data
+from peerstore.errors import AuthError, CodecError, DiskFullError, FormatError, PeerstoreError, StoreError
+from peerstore.identity import NodeIdentity
+from peerstore.manifest import Catalog
+from peerstore.store import MetaStore, PieceStore
+from peerstore.wire import messages as msg
+
+log = logging.getLogger("peerstore.node")
+
+PIECE_PAYLOAD_TYPES = {msg.StorePiece.TYPE, msg.PieceData.TYPE}
+HANDSHAKE_TIMEOUT = 5.0
+
+
+def core_settings(config: Config) -> CoreSettings:
+    t = config.transfer
+    return CoreSettings(
+        policy=config.policy, request_timeout=t.request_timeout, retries=t.retries,
+        backoff_base=t.backoff_base, backoff_max=t.backoff_max,
+        max_inflight_bytes_per_peer=t.max_inflight_bytes_per_peer, memory_budget=t.memory_budget,
+        commit_timeout=t.request_timeout,
+    )
+
+
+class Daemon:
+    def __init__(self, config: Config, identity: NodeIdentity):
+        self.config = config
+        self.node_id = identity.node_id
+        self.boot_epoch = identity.boot_epoch
+        self.pieces = PieceStore(config.data_dir)
+        self.meta = MetaStore(config.data_dir)
+        catalog = self._load_catalog()
+        self.core = NodeCore(
+            self.node_id, core_settings(config), random.Random(), catalog=catalog,
+            inventory=self.pieces.inventory(),
+        )
+        self.buffers = Buffers()
+        self.metrics = Metrics()
+        self.sessions: dict[int, ClientSession] = {}
+        self.inputs_send, self.inputs = trio.open_memory_channel[Any](math.inf)
+        self.peers = Peers(
+            node_id=self.node_id, cluster_key=config.cluster_key, seeds=list(config.seeds),
+            connect_timeout=config.transfer.connect_timeout,
+            on_connection=self._receive_from_peer, on_change=self._members_changed,
+        )
+        self.catalog_lock = trio.Lock()
+        self.store_limiter = trio.CapacityLimiter(4)
+        self.nursery: trio.Nursery | None = None
+        self.listen_port: int | None = None
+        self.started = trio.Event()
+        self._next_session = 0
+
+    def _load_catalog(self) -> Catalog:
+        blob = self.meta.load_catalog()
+        if blob is None:
+            return Catalog()
+        try:
+            return Catalog.decode(blob)
+        except FormatError as err:
+            raise FormatError(f"{self.config.data_dir}/catalog: {err}") from err
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            listeners = await nursery.start(
+                partial(trio.serve_tcp, self._accept, self.config.listen_port, host=self.config.listen_host)
+            )
+            self.listen_port = listeners[0].socket.getsockname()[1]
+            await nursery.start(self.peers.run)
+            nursery.start_soon(self._core_loop)
+            nursery.start_soon(self._refresh_metrics)
+            self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            log.info(
+                "node %s (boot %d) listening on %s:%d, data in %s, %d pieces held",
+                self.node_id, self.boot_epoch, self.config.listen_host, self.listen_port,
+                self.config.data_dir, len(self.core.inventory),
+            )
+            self.started.set()
+            task_status.started(self.listen_port)
+
+    def feed(self, event: Any) -> None:
+        self.inputs_send.send_nowait(event)
+
+    async def _core_loop(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            event = None
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                event = await self.inputs.receive()
+            now = trio.current_time()
+            effects = self.core.tick(now) if event is None else self.core.handle(now, event)
+            for effect in effects:
+                self._dispatch(effect)
+
+    def _members_changed(self) -> None:
+        self.feed(ev.MembersChanged(self.peers.alive))
+
+    # -- effects -------------------------------------------------------------------------
+
+    def _dispatch(self, effect: Any) -> None:
+        assert self.nursery is not None
+        kind = type(effect)
+        if kind is ev.Send:
+            self.nursery.start_soon(self._send, effect)
+        elif kind is ev.ReleaseHandles:
+            for handle in effect.handles:
+                self.buffers.release(handle)
+        elif kind in (ev.EncodeStripe, ev.FinishFileRead, ev.DeliverStripe, ev.Reply):
+            session = self.sessions.get(effect.client)
+            if session is not None:
+                session.enqueue(effect)
+            elif kind is ev.DeliverStripe:
+                self.feed(ev.StripeDelivered(effect.op, effect.stripe, False, "client gone"))
+        else:
+            self.nursery.start_soon(getattr(self, "_do_" + kind.__name__), effect)
+
+    async def _send(self, effect: ev.Send) -> None:
+        message = effect.message
+        header = message.to_header()
+        payload, payload_hash = message.payload_blob or None, None
+        if effect.payload is not None:
+            payload, payload_hash = self.buffers.get(effect.payload), getattr(message, "piece_id", None)
+        elif effect.payload_piece is not None:
+            payload = await self._read_piece(effect.payload_piece)
+            payload_hash = effect.payload_piece
+            if payload is None:  # vanished since the core looked (deleted or quarantined)
+                header = msg.PieceData(message.req, piece_id=effect.payload_piece, found=False).to_header()
+        is_request = type(message) not in msg.REPLY_TYPES
+        started = trio.current_time()
+        try:
+            wire = await self.peers.connection(effect.peer)
+            with trio.fail_after(self.config.transfer.request_timeout):
+                await wire.send(header, payload, payload_hash)
+        except (*DIAL_ERRORS, PeerClosed, trio.ClosedResourceError) as err:
+            self.metrics.errors.labels("send").inc()
+            log.debug("sending %s to %s failed: %s", message.TYPE, effect.peer, err)
+            if isinstance(err, trio.TooSlowError) and effect.peer in self.peers.conns:
+                await self.peers.drop(effect.peer, self.peers.conns[effect.peer])
+            if is_request:
+                self.feed(ev.PeerUnreachable(effect.peer, message.req))
+            return
+        if payload is not None and payload_hash is not None:
+            self.metrics.bytes_sent.labels(effect.peer).inc(len(payload))
+            self.metrics.pieces_sent.labels(effect.peer).inc()
+            self.metrics.transfer_seconds.observe(trio.current_time() - started)
+
+    async def _read_piece(self, pid: bytes) -> bytes | None:
+        def read() -> bytes | None:
+            try:
+                with open(self.pieces.path_of(pid), "rb") as handle:
+                    return handle.read()
+            except (OSError, StoreError):
+                return None
+
+        return await trio.to_thread.run_sync(read)
+
+    async def _do_StorePieceLocal(self, effect: ev.StorePieceLocal) -> None:
+        data = self.buffers.get(effect.handle)
+        ok, error = False, "payload missing"
+        if data is not None:
+            async with self.store_limiter:
+                try:
+                    await trio.to_thread.run_sync(self.pieces.write, effect.piece_id, data)
+                    ok, error = True, ""
+                except DiskFullError as err:
+                    error = f"disk full: {err}"
+                    self.metrics.errors.labels("disk_full").inc()
+                except StoreError as err:
+                    error = str(err)
+                    self.metrics.errors.labels("store").inc()
+        self.feed(ev.PieceStoredLocally(effect.tag, effect.piece_id, ok, error[:200]))
+
+    async def _do_LoadPiece(self, effect: ev.LoadPiece) -> None:
+        data = await self._read_piece(effect.piece_id)
+        handle = self.buffers.add(data) if data is not None else None
+        self.feed(ev.PieceLoaded(effect.tag, effect.piece_id, handle))
+
+    async def _do_VerifyPiece(self, effect: ev.VerifyPiece) -> None:
+        data = self.buffers.get(effect.handle)
+        ok = data is not None and await trio.to_thread.run_sync(
+            lambda: blake3.blake3(data).digest() == effect.piece_id
+        )
+        if not ok:
+            self.metrics.errors.labels("corrupt_piece").inc()
+        self.feed(ev.PieceVerified(effect.tag, ok))
+
+    async def _do_StoreManifestLocal(self, effect: ev.StoreManifestLocal) -> None:
+        try:
+            await trio.to_thread.run_sync(self.meta.put_manifest, effect.manifest_id, effect.blob)
+            self.feed(ev.ManifestStoredLocally(effect.tag, True))
+        except PeerstoreError as err:
+            self.feed(ev.ManifestStoredLocally(effect.tag, False, str(err)[:200]))
+
+    async def _do_LoadManifest(self, effect: ev.LoadManifest) -> None:
+        try:
+            blob = await trio.to_thread.run_sync(self.meta.get_manifest, effect.manifest_id)
+        except PeerstoreError:
+            blob = None
+        self.feed(ev.ManifestLoaded(effect.tag, blob))
+
+    async def _do_PersistCatalog(self, effect: ev.PersistCatalog) -> None:
+        # Writes are serialised and always write the newest state, so an older snapshot
+        # finishing late can never overwrite a newer one.
+        async with self.catalog_lock:
+            try:
+                await trio.to_thread.run_sync(self.meta.save_catalog, self.core.catalog.encode())
+                self.feed(ev.CatalogPersisted(effect.tag, True))
+            except PeerstoreError as err:
+                self.feed(ev.CatalogPersisted(effect.tag, False, str(err)[:200]))
+
+    async def deliver(self, session: ClientSession, effect: ev.DeliverStripe) -> None:
+        """Send one stripe's data to the client (rebuilding it from parity if needed)."""
+        pieces = {pos: self.buffers.get(handle) for pos, handle in effect.pieces}
+        try:
+            if effect.needs_decode:
+                shards = await trio.to_thread.run_sync(
+                    decode_data, pieces, effect.k, effect.p, effect.shard_lengths
+                )
+            else:
+                shards = [pieces[i] for i in range(effect.k)]
+            await session.send_stripe(effect.file_index, effect.offset, shards)
+            ok, error = True, ""
+        except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError, FormatError) as err:
+            ok, error = False, str(err)[:200]
+        finally:
+            for _, handle in effect.pieces:
+                self.buffers.release(handle)
+        self.feed(ev.StripeDelivered(effect.op, effect.stripe, ok, error))
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        tune_socket(stream)
+        wire = WireStream(stream, role="server", cluster_key=self.config.cluster_key, node_id=self.node_id)
+        try:
+            peer = await wire.handshake(HANDSHAKE_TIMEOUT)
+        except AuthError as err:
+            self.metrics.errors.labels("auth").inc()
+            log.warning("refused a connection from %s: %s", _remote(stream), err)
+            await wire.aclose()
+            return
+        except (CodecError, PeerClosed, trio.TooSlowError, trio.BrokenResourceError, OSError) as err:
+            log.debug("handshake with %s failed: %s", _remote(stream), err)
+            await wire.aclose()
+            return
+        if peer.startswith("c"):
+            await self._serve_client(wire)
+        elif peer == self.node_id:
+            await wire.aclose()  # we dialled ourselves through a seed address
+        else:
+            await self.peers.serve(wire)
+
+    async def _receive_from_peer(self, peer: str, wire: WireStream) -> None:
+        """Receive frames from a peer until the connection ends; feed them to the core."""
+        while True:
+            try:
+                frame = await wire.receive(verify=False)
+                kind = frame.header.get("t")
+                payload = frame.payload
+                handle = None
+                if kind in PIECE_PAYLOAD_TYPES:
+                    if payload is not None and frame.payload_hash != frame.header.get("piece_id"):
+                        raise CodecError("a piece payload's hash is not its piece id")
+                    message = msg.from_header(frame.header)
+                    if payload is not None:
+                        handle = self.buffers.add(payload)
+                        self.metrics.bytes_received.labels(peer).inc(len(payload))
+                        self.metrics.pieces_received.labels(peer).inc()
+                else:
+                    if payload is not None and blake3.blake3(payload).digest() != frame.payload_hash:
+                        raise CodecError("a payload did not match the hash in its header")
+                    message = msg.from_header(frame.header, bytes(payload) if payload is not None else None)
+            except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            except CodecError as err:
+                self.metrics.errors.labels("codec").inc()
+                log.warning("dropping connection to %s: %s", peer, err)
+                return
+            self.feed(ev.MessageReceived(peer, message, handle))
+
+    async def _serve_client(self, wire: WireStream) -> None:
+        self._next_session += 1
+        session = ClientSession(self, self._next_session, wire)
+        self.sessions[session.token] = session
+        try:
+            await session.run()
+        finally:
+            del self.sessions[session.token]
+            await wire.aclose()
+
+    # -- metrics -------------------------------------------------------------------------
+
+    async def _refresh_metrics(self) -> None:
+        while True:
+            count, size = self.pieces.stats()
+            tolerance = Counter(
+                e.tolerance for name in self.core.catalog.names() for e in self.core.catalog.live_versions(name)
+            )
+            self.metrics.snapshot.snapshot = {
+                "pieces": count, "bytes": size, "buffered": self.buffers.bytes,
+                "members": {"alive": len(self.peers.alive)}, "tolerance": dict(tolerance),
+                "core": dict(self.core.stats),
+            }
+            await trio.sleep(1.0)
+
+    def member_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for node in sorted(self.peers.alive | set(self.peers.addresses)):
+            address = self.peers.addresses.get(node)
+            if node == self.node_id:
+                address = (self.config.advertise_host or self.config.listen_host, self.listen_port or 0)
+            rows.append({
+                "id": node, "address": f"{address[0]}:{address[1]}" if address else "",
+                "state": "alive" if node in self.peers.alive else "dead", "self": node == self.node_id,
+            })
+        return rows
+
+    def wall_clock(self) -> float:
+        return time.time()
+
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"

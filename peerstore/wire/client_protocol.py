@@ -1,0 +1,103 @@
+"""The protocol between the ``peerstore`` CLI and the node it talks to.
+
+It runs over the same authenticated wire as node-to-node traffic (handshake on the
+cluster key, MACed frames, raw payloads). The CLI uses a random 16-hex node id starting
+with ``c`` for the handshake. Every header has a ``"t"`` type; these helpers build and
+check them so both sides agree. Conversation shapes:
+
+put   C: put {name, files:[{path,size,mode}], is_dir, local_root?}
+      C: data {file, offset} + payload           (only when local_root is absent:
+         the file bytes, in file order then offset order, chunks <= DATA_CHUNK)
+      N: progress {done, total}*                 (bytes durably stored so far)
+      N: put_done {name, version, tolerance, size, pieces, manifest_id} | failed {reason, unknown}
+get   C: get {spec}
+      N: manifest {} + payload (manifest bytes; the CLI verifies them against entry)
+      N: entry {name, version, manifest_id}
+      N: stripe {file, offset} + payload (that stripe's data bytes, in order)*
+      N: get_done {name, version, size, degraded, fallbacks} | failed {reason}
+ls    C: ls {name?}          N: listing {entries:[entry dicts]}
+status C: status {}          N: status {node_id, members:[...], checkpoints:[...]}
+rm    C: rm {spec}           N: removed {versions:[...]} | failed {reason}
+
+``local_root`` lets a CLI on the same machine as its node name a directory (or file)
+the node reads itself, instead of streaming the bytes through the socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peerstore.errors import CodecError
+
+DATA_CHUNK = 4 * 1024 * 1024
+MAX_FILES = 100_000
+MAX_TEXT = 4096
+
+REQUESTS = {"put", "data", "get", "ls", "status", "rm"}
+REPLIES = {"progress", "put_done", "failed", "manifest", "entry", "stripe", "get_done",
+           "listing", "status", "removed"}
+
+
+def _text(header: dict[str, Any], key: str, *, optional: bool = False) -> str | None:
+    value = header.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise CodecError(f"{header.get('t')}.{key}: expected a string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _int(header: dict[str, Any], key: str) -> int:
+    value = header.get(key)
+    if type(value) is not int or value < 0:
+        raise CodecError(f"{header.get('t')}.{key}: expected a non-negative integer")
+    return value
+
+
+def parse_put(header: dict[str, Any]) -> tuple[str, list[tuple[str, int, int]], bool, str | None]:
+    """(name, [(path, size, mode)], is_dir, local_root) from a put request."""
+    name = _text(header, "name")
+    files = header.get("files")
+    if not isinstance(files, list) or len(files) > MAX_FILES:
+        raise CodecError(f"put.files: expected a list of at most {MAX_FILES} files")
+    out = []
+    for item in files:
+        if not isinstance(item, dict):
+            raise CodecError("put.files: every file must be a map")
+        out.append((_text(item, "path"), _int(item, "size"), _int(item, "mode") & 0o7777))
+    is_dir = header.get("is_dir", False)
+    if type(is_dir) is not bool:
+        raise CodecError("put.is_dir: expected a boolean")
+    return name, out, is_dir, _text(header, "local_root", optional=True)  # type: ignore[return-value]
+
+
+def put_request(name: str, files: list[tuple[str, int, int]], is_dir: bool, local_root: str | None) -> dict:
+    header: dict[str, Any] = {
+        "t": "put", "name": name, "is_dir": is_dir,
+        "files": [{"path": p, "size": s, "mode": m} for p, s, m in files],
+    }
+    if local_root is not None:
+        header["local_root"] = local_root
+    return header
+
+
+def parse_position(header: dict[str, Any]) -> tuple[int, int]:
+    """(file index, offset) of a data or stripe frame."""
+    return _int(header, "file"), _int(header, "offset")
+
+
+def parse_spec(header: dict[str, Any]) -> str:
+    return _text(header, "spec")  # type: ignore[return-value]
+
+
+def failed(reason: str, unknown: bool = False) -> dict:
+    return {"t": "failed", "reason": reason[:MAX_TEXT], "unknown": unknown}
+
+
+def entry_dict(entry: Any) -> dict:
+    """A CatalogEntry as plain data for listings."""
+    return {
+        "name": entry.name, "version": entry.version.counter, "version_id": str(entry.version),
+        "manifest_id": entry.manifest_id.hex(), "size": entry.size, "files": entry.files,
+        "tolerance": entry.tolerance, "created": entry.created,
+    }
