@@ -96,6 +96,13 @@ class Started:
 
 
 @dataclass(frozen=True)
+class CatalogDiffers:
+    """Gossip says ``peer``'s catalog is not ours: push-pull with it."""
+
+    peer: str
+
+
+@dataclass(frozen=True)
 class MembersChanged:
     alive: frozenset[str]  # node ids currently believed alive, including this node
 

@@ -330,6 +330,10 @@ class NodeCore:
             timeout=self.settings.commit_timeout,
         ).start(now)
 
+    def _on_catalog_differs(self, now: float, event: ev.CatalogDiffers) -> None:
+        if event.peer in self.alive and event.peer != self.node_id:
+            self.refresh_catalog(now, lambda t, answers: None, peers=[event.peer])
+
     def _on_members(self, now: float, event: ev.MembersChanged) -> None:
         returning = (frozenset(event.alive) - self.alive) - {self.node_id}
         self.alive = frozenset(event.alive) | {self.node_id}
@@ -474,6 +478,7 @@ class NodeCore:
         ev.PeerUnreachable: _on_unreachable,
         ev.MembersChanged: _on_members,
         ev.Started: _on_started,
+        ev.CatalogDiffers: _on_catalog_differs,
         ev.StripeEncoded: _on_completion,
         ev.FileRead: _on_completion,
         ev.StripeDelivered: _on_completion,

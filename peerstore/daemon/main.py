@@ -56,7 +56,10 @@ async def serve(config: Config) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             await nursery.start(daemon.run)
             async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
+                log.info("received %s: leaving the cluster and shutting down", signal.Signals(signum).name)
+                if daemon.membership is not None:
+                    with trio.move_on_after(2):
+                        await daemon.membership.leave()
                 nursery.cancel_scope.cancel()
                 break
 

@@ -25,6 +25,7 @@ from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
 from peerstore.daemon.buffers import Buffers
 from peerstore.daemon.clients import ClientSession
+from peerstore.daemon.gossip import Membership
 from peerstore.daemon.metrics import Metrics
 from peerstore.daemon.peers import DIAL_ERRORS, Peers
 from peerstore.daemon.transport import PeerClosed, WireStream, tune_socket
@@ -39,6 +40,7 @@ log = logging.getLogger("peerstore.node")
 
 PIECE_PAYLOAD_TYPES = {msg.StorePiece.TYPE, msg.PieceData.TYPE}
 HANDSHAKE_TIMEOUT = 5.0
+ADDRESS_CHECK_INTERVAL = 5.0
 
 
 def core_settings(config: Config) -> CoreSettings:
@@ -68,10 +70,10 @@ class Daemon:
         self.sessions: dict[int, ClientSession] = {}
         self.inputs_send, self.inputs = trio.open_memory_channel[Any](math.inf)
         self.peers = Peers(
-            node_id=self.node_id, cluster_key=config.cluster_key, seeds=list(config.seeds),
-            connect_timeout=config.transfer.connect_timeout,
-            on_connection=self._receive_from_peer, on_change=self._members_changed,
+            node_id=self.node_id, cluster_key=config.cluster_key,
+            connect_timeout=config.transfer.connect_timeout, on_connection=self._receive_from_peer,
         )
+        self.membership: Membership | None = None
         self.catalog_lock = trio.Lock()
         self.store_limiter = trio.CapacityLimiter(4)
         self.nursery: trio.Nursery | None = None
@@ -98,6 +100,14 @@ class Daemon:
             )
             self.listen_port = listeners[0].socket.getsockname()[1]
             await nursery.start(self.peers.run)
+            self.advertise_host = self.config.advertise_host or detect_address(self.config.listen_host)
+            self.membership = Membership(
+                self, settings=self.config.gossip, bind_host=self.config.listen_host,
+                addr=(self.advertise_host, self.listen_port), seeds=list(self.config.seeds),
+            )
+            await nursery.start(self.membership.run)
+            if not self.config.advertise_host:
+                nursery.start_soon(self._follow_address)
             nursery.start_soon(self._core_loop)
             nursery.start_soon(self._refresh_metrics)
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
@@ -122,9 +132,17 @@ class Daemon:
             effects = self.core.tick(now) if event is None else self.core.handle(now, event)
             for effect in effects:
                 self._dispatch(effect)
+            if self.membership is not None:
+                self.membership.publish_catalog()
 
-    def _members_changed(self) -> None:
-        self.feed(ev.MembersChanged(self.peers.alive))
+    async def _follow_address(self) -> None:
+        """Notice when this machine's address changes (DHCP) and re-announce ourselves."""
+        while True:
+            await trio.sleep(ADDRESS_CHECK_INTERVAL)
+            host = detect_address(self.config.listen_host)
+            if host != self.advertise_host and self.membership is not None:
+                self.advertise_host = host
+                self.membership.set_addr((host, self.listen_port or 0))
 
     # -- effects -------------------------------------------------------------------------
 
@@ -289,6 +307,12 @@ class Daemon:
                 kind = frame.header.get("t")
                 payload = frame.payload
                 handle = None
+                if kind == "gossip" and self.membership is not None:
+                    if payload is None or blake3.blake3(payload).digest() != frame.payload_hash:
+                        raise CodecError("a gossip payload did not match its hash")
+                    reply = self.membership.answer_stream(_peer_address(wire), bytes(payload))
+                    await wire.send({"t": "gossip"}, reply)
+                    continue
                 if kind in PIECE_PAYLOAD_TYPES:
                     if payload is not None and frame.payload_hash != frame.header.get("piece_id"):
                         raise CodecError("a piece payload's hash is not its piece id")
@@ -329,28 +353,46 @@ class Daemon:
             )
             self.metrics.snapshot.snapshot = {
                 "pieces": count, "bytes": size, "buffered": self.buffers.bytes,
-                "members": {"alive": len(self.peers.alive)}, "tolerance": dict(tolerance),
-                "core": dict(self.core.stats),
+                "members": self.membership.state_counts() if self.membership else {},
+                "tolerance": dict(tolerance),
+                "core": {**dict(self.core.stats),
+                         **{f"gossip_{k}": v for k, v in (self.membership.swim.stats.items() if self.membership else ())},
+                         **{f"gossip_dropped_{k}": v for k, v in (self.membership.dropped.items() if self.membership else ())}},
             }
             await trio.sleep(1.0)
 
     def member_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for node in sorted(self.peers.alive | set(self.peers.addresses)):
-            address = self.peers.addresses.get(node)
-            if node == self.node_id:
-                address = (self.config.advertise_host or self.config.listen_host, self.listen_port or 0)
-            rows.append({
-                "id": node, "address": f"{address[0]}:{address[1]}" if address else "",
-                "state": "alive" if node in self.peers.alive else "dead", "self": node == self.node_id,
-            })
-        return rows
+        return self.membership.rows() if self.membership is not None else []
 
     def wall_clock(self) -> float:
         return time.time()
 
     def data_dir(self) -> Path:
         return self.config.data_dir
+
+
+def detect_address(listen_host: str) -> str:
+    """The address other machines reach us at: the listen host if it is specific,
+    else this machine's first non-loopback IPv4 address (127.0.0.1 if it has none)."""
+    if listen_host not in ("0.0.0.0", "::", ""):
+        return listen_host
+    try:
+        import ifaddr
+
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                    return ip.ip
+    except Exception:  # pragma: no cover - interface enumeration is best effort
+        log.warning("could not list network interfaces; advertising 127.0.0.1 (set advertise_host)")
+    return "127.0.0.1"
+
+
+def _peer_address(wire: WireStream) -> tuple[str, int]:
+    try:
+        return tuple(wire.stream.socket.getpeername()[:2])  # type: ignore[return-value]
+    except OSError:
+        return ("0.0.0.0", 0)
 
 
 def _remote(stream: trio.SocketStream) -> str:

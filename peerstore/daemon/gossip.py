@@ -1,0 +1,251 @@
+"""The trio shell of membership: UDP datagrams and TCP streams for the ``Swim`` machine.
+
+Datagrams are msgpack, sealed with a MAC and a (node id, boot epoch, sequence) tag; a
+forged, replayed or malformed one is dropped and counted. Stream requests (push-pull
+and the fallback ping) use a short-lived authenticated TCP connection each. The machine
+runs on the node's TCP port number, over UDP.
+
+Membership changes reach the core as ``MembersChanged`` (alive or suspect members), and
+members' addresses feed the data path's connection pool. The catalog digest rides along
+as app state: a peer whose digest differs gets a catalog push-pull.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import socket
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable
+
+import msgpack
+import trio
+
+from peerstore.config import GossipSettings
+from peerstore.core import events as ev
+from peerstore.daemon.transport import PeerClosed, dial
+from peerstore.errors import CodecError
+from peerstore.gossip import (
+    AppState,
+    MemberChanged,
+    MemberRemoved,
+    MemberState,
+    NeedSeeds,
+    SendDatagram,
+    SendStream,
+    Swim,
+)
+from peerstore.wire import ReplayFilter, open_datagram, seal_datagram
+
+if TYPE_CHECKING:
+    from peerstore.daemon.node import Daemon
+
+log = logging.getLogger("peerstore.gossip")
+
+STREAM_TIMEOUT = 5.0
+MAX_STREAM_BYTES = 16 * 1024 * 1024
+UNPACK_LIMITS = dict(max_str_len=65536, max_bin_len=1 << 20, max_array_len=8192, max_map_len=4096)
+
+
+def incarnation_for(boot_epoch: int) -> int:
+    """A fresh boot always outranks anything the previous life said about us."""
+    return boot_epoch << 32
+
+
+def decode(body: bytes, limit: int) -> Any:
+    if len(body) > limit:
+        raise CodecError("gossip message too large")
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True, **UNPACK_LIMITS)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        raise CodecError(f"bad gossip message: {err}") from err
+
+
+class Membership:
+    def __init__(self, daemon: "Daemon", *, settings: GossipSettings, bind_host: str,
+                 addr: tuple[str, int], seeds: list[tuple[str, int]]):
+        self.daemon = daemon
+        self.node_id = daemon.node_id
+        self.epoch = daemon.boot_epoch
+        self.key = daemon.config.cluster_key
+        self.bind_host = bind_host
+        self.seeds = list(seeds)
+        self.extra_seeds: list[tuple[str, int]] = []  # found by mDNS
+        self.swim = Swim(
+            node_id=self.node_id, addr=addr, incarnation=incarnation_for(self.epoch),
+            settings=settings, rng=random.Random(), now=trio.current_time(),
+        )
+        self.replay = ReplayFilter()
+        self.seq = 0
+        self.sock: trio.socket.SocketType | None = None
+        self.raw_sock: socket.socket | None = None
+        self.wake = trio.Event()
+        self.nursery: trio.Nursery | None = None
+        self.alive: frozenset[str] = frozenset({self.node_id})
+        self.dropped: Counter[str] = Counter()
+        self.published_digest: bytes | None = None
+        self.on_change: Callable[[], None] = lambda: None
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        family = socket.AF_INET6 if ":" in self.bind_host else socket.AF_INET
+        self.raw_sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.raw_sock.setblocking(False)
+        self.raw_sock.bind((self.bind_host, self.swim.addr[1]))
+        self.sock = trio.socket.from_stdlib_socket(self.raw_sock)
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._receive_loop)
+            nursery.start_soon(self._timer_loop)
+            self.apply(self.swim.start(trio.current_time(), self.seeds))
+            task_status.started()
+
+    def apply(self, effects: list[Any]) -> None:
+        """Carry out the machine's effects (called after every input to it)."""
+        assert self.nursery is not None
+        changed = False
+        for effect in effects:
+            if isinstance(effect, SendDatagram):
+                self._send_datagram(effect.addr, effect.message)
+            elif isinstance(effect, SendStream):
+                self.nursery.start_soon(self._stream_request, effect)
+            elif isinstance(effect, (MemberChanged, MemberRemoved)):
+                changed = True
+                self._member_event(effect)
+            elif isinstance(effect, AppState):
+                if effect.payload != self.daemon.core.catalog.digest():
+                    self.daemon.feed(ev.CatalogDiffers(effect.from_node))
+            elif isinstance(effect, NeedSeeds):
+                seeds = self.seeds + self.extra_seeds
+                if seeds:
+                    log.info("no other live member: re-seeding from %d address(es)", len(seeds))
+                    self.apply(self.swim.add_seeds(trio.current_time(), seeds))
+        if changed:
+            alive = frozenset(self.swim.alive_ids()) | {self.node_id}
+            if alive != self.alive:
+                self.alive = alive
+                self.daemon.feed(ev.MembersChanged(alive))
+            self.on_change()
+        self.wake.set()
+
+    def _member_event(self, effect: MemberChanged | MemberRemoved) -> None:
+        member = effect.member
+        if member.node_id == self.node_id:
+            return
+        if isinstance(effect, MemberRemoved):
+            self.daemon.peers.addresses.pop(member.node_id, None)
+            return
+        self.daemon.peers.addresses[member.node_id] = tuple(member.addr)  # type: ignore[assignment]
+        if effect.old != effect.new:
+            level = logging.WARNING if effect.new in (MemberState.DEAD, MemberState.SUSPECT) else logging.INFO
+            log.log(level, "member %s at %s:%d is %s", member.node_id, *member.addr, effect.new.name.lower())
+
+    def publish_catalog(self) -> None:
+        digest = self.daemon.core.catalog.digest()
+        if digest != self.published_digest:
+            self.published_digest = digest
+            self.swim.set_app_state(digest)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self.wake = trio.Event()
+            deadline = self.swim.next_deadline()
+            with trio.move_on_at(deadline if deadline != math.inf else trio.current_time() + 1.0):
+                await self.wake.wait()
+            now = trio.current_time()
+            if now >= self.swim.next_deadline():
+                self.publish_catalog()
+                self.apply(self.swim.tick(now))
+
+    # -- datagrams -----------------------------------------------------------------------
+
+    def _send_datagram(self, addr: tuple[str, int], message: dict[str, Any]) -> None:
+        self.seq += 1
+        try:
+            data = seal_datagram(self.key, self.node_id, self.epoch, self.seq,
+                                 msgpack.packb(message, use_bin_type=True))
+            self.raw_sock.sendto(data, addr)  # non-blocking: a full buffer drops it, as UDP may
+        except (OSError, CodecError) as err:
+            self.dropped["send"] += 1
+            log.debug("datagram to %s:%d failed: %s", *addr, err)
+
+    async def _receive_loop(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                data, source = await self.sock.recvfrom(2048)
+            except OSError as err:  # e.g. ICMP port unreachable reported on Linux
+                log.debug("udp receive: %s", err)
+                continue
+            try:
+                sender, _, _, body = open_datagram(self.key, data, self.replay)
+                message = decode(body, 2048)
+                if not isinstance(message, dict) or message.get("f") != sender:
+                    raise CodecError("datagram sender does not match its authenticated tag")
+            except CodecError as err:
+                self.dropped[type(err).__name__] += 1
+                log.debug("dropped a datagram from %s: %s", source, err)
+                continue
+            self.apply(self.swim.on_datagram(trio.current_time(), tuple(source[:2]), message, size=len(data)))
+
+    # -- streams -------------------------------------------------------------------------
+
+    async def _stream_request(self, effect: SendStream) -> None:
+        reply = None
+        try:
+            with trio.fail_after(STREAM_TIMEOUT):
+                wire = await dial(*effect.addr, cluster_key=self.key, node_id=self.node_id, timeout=STREAM_TIMEOUT)
+                try:
+                    await wire.send({"t": "gossip"}, msgpack.packb(effect.message, use_bin_type=True))
+                    frame = await wire.receive()
+                    if frame.header.get("t") == "gossip" and frame.payload is not None:
+                        reply = decode(bytes(frame.payload), MAX_STREAM_BYTES)
+                finally:
+                    await wire.aclose()
+        except (OSError, trio.TooSlowError, CodecError, PeerClosed, trio.BrokenResourceError) as err:
+            log.debug("gossip stream to %s:%d failed: %s", *effect.addr, err)
+        self.apply(self.swim.on_stream_reply(trio.current_time(), effect.request_id, reply))
+
+    def answer_stream(self, source: tuple[str, int], payload: bytes | None) -> bytes:
+        """Serve a stream request that arrived on a TCP connection; returns the reply."""
+        message = decode(payload or b"", MAX_STREAM_BYTES)
+        reply, effects = self.swim.on_stream_request(trio.current_time(), source, message)
+        self.apply(effects)
+        return msgpack.packb(reply, use_bin_type=True)
+
+    # -- queries and control -------------------------------------------------------------
+
+    def add_seeds(self, addrs: list[tuple[str, int]]) -> None:
+        for addr in addrs:
+            if addr not in self.extra_seeds:
+                self.extra_seeds.append(addr)
+        self.apply(self.swim.add_seeds(trio.current_time(), addrs))
+
+    def set_addr(self, addr: tuple[str, int]) -> None:
+        log.info("our address changed to %s:%d: announcing it", *addr)
+        self.apply(self.swim.set_addr(trio.current_time(), addr))
+
+    async def leave(self, linger: float = 1.0) -> None:
+        """Tell the others we are leaving, and give the news a moment to spread."""
+        self.apply(self.swim.leave(trio.current_time()))
+        with trio.move_on_after(linger):
+            while self.swim.broadcasts_pending:
+                await trio.sleep(0.05)
+                self.apply(self.swim.tick(trio.current_time()))
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        now = trio.current_time()
+        for member in self.swim.members():
+            out.append({
+                "id": member.node_id, "address": f"{member.addr[0]}:{member.addr[1]}",
+                "state": member.state.name.lower(), "incarnation": member.incarnation,
+                "last_contact": None if member.last_contact is None else round(now - member.last_contact, 1),
+                "self": member.node_id == self.node_id,
+            })
+        return out
+
+    def state_counts(self) -> dict[str, int]:
+        return dict(Counter(m.state.name.lower() for m in self.swim.members()))
