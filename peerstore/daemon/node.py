@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import socket
 import time
 from collections import Counter
 from functools import partial
@@ -74,6 +75,7 @@ class Daemon:
             connect_timeout=config.transfer.connect_timeout, on_connection=self._receive_from_peer,
         )
         self.membership: Membership | None = None
+        self.mdns: Any = None
         self.catalog_lock = trio.Lock()
         self.store_limiter = trio.CapacityLimiter(4)
         self.nursery: trio.Nursery | None = None
@@ -106,6 +108,8 @@ class Daemon:
                 addr=(self.advertise_host, self.listen_port), seeds=list(self.config.seeds),
             )
             await nursery.start(self.membership.run)
+            if self.config.mdns:
+                nursery.start_soon(self._run_mdns)
             if not self.config.advertise_host:
                 nursery.start_soon(self._follow_address)
             nursery.start_soon(self._core_loop)
@@ -135,6 +139,24 @@ class Daemon:
             if self.membership is not None:
                 self.membership.publish_catalog()
 
+    async def _run_mdns(self) -> None:
+        """Advertise ourselves on the LAN and seed membership with the nodes we find."""
+        from peerstore.daemon.mdns import Mdns
+
+        assert self.membership is not None and self.listen_port is not None
+        specific = self.config.advertise_host or (
+            self.config.listen_host if self.config.listen_host not in ("0.0.0.0", "::") else None)
+        self.mdns = Mdns(
+            cluster_key=self.config.cluster_key, node_id=self.node_id,
+            node_name=self.config.node_name or socket.gethostname(), port=self.listen_port,
+            gossip_port=self.listen_port, addresses=[specific] if specific else None,
+            interfaces=[specific] if specific else None,  # a node bound to one address stays on it
+        )
+        async with self.mdns:
+            async for found in self.mdns.events():
+                if not found.removed and found.addresses:
+                    self.membership.add_seeds([(address, found.port) for address in found.addresses])
+
     async def _follow_address(self) -> None:
         """Notice when this machine's address changes (DHCP) and re-announce ourselves."""
         while True:
@@ -143,6 +165,8 @@ class Daemon:
             if host != self.advertise_host and self.membership is not None:
                 self.advertise_host = host
                 self.membership.set_addr((host, self.listen_port or 0))
+                if self.mdns is not None:
+                    await self.mdns.update_addresses()
 
     # -- effects -------------------------------------------------------------------------
 
