@@ -16,6 +16,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = logging.getLogger("peerstore.metrics")
 
+# Label values that alerts watch (deploy/prometheus/alerts.yml) are exported at 0 from the
+# start: an alert on increase() cannot see a series' first sample, only later changes.
+ERROR_KINDS = ("send", "disk_full", "store", "corrupt_piece", "auth", "codec")
+ALERTED_OPERATIONS = ("put", "get")
+OPERATION_OUTCOMES = ("ok", "failed")
+MEMBER_STATES = ("alive", "suspect", "dead", "left")
+ALERTED_CORE_EVENTS = (
+    "request_timeout", "request_unreachable", "piece_fallbacks",
+    "stripes_rebuilt_from_parity", "corrupt_pieces_fetched", "gossip_dropped_AuthError",
+)
+
 
 class SnapshotCollector:
     def __init__(self) -> None:
@@ -33,7 +44,10 @@ class SnapshotCollector:
         buffers.add_metric([], snap.get("buffered", 0))
         yield buffers
         members = GaugeMetricFamily("peerstore_members", "Cluster members by state", labels=["state"])
-        for state, count in sorted(snap.get("members", {}).items()):
+        counts = snap.get("members", {})
+        if counts:  # no membership yet: no series, rather than a cluster of zero alive nodes
+            counts = {**dict.fromkeys(MEMBER_STATES, 0), **counts}
+        for state, count in sorted(counts.items()):
             members.add_metric([state], count)
         yield members
         checkpoints = GaugeMetricFamily(
@@ -48,8 +62,18 @@ class SnapshotCollector:
         )
         unrecoverable.add_metric([], sum(c for t, c in snap.get("tolerance", {}).items() if t <= 0))
         yield unrecoverable
+        if snap.get("tolerance"):  # no checkpoints: no lowest tolerance
+            lowest = GaugeMetricFamily(
+                "peerstore_checkpoints_lowest_tolerance", "Lowest tolerance at commit of any checkpoint version"
+            )
+            lowest.add_metric([], min(snap["tolerance"]))
+            yield lowest
+        if "min_tolerance" in snap:
+            policy = GaugeMetricFamily("peerstore_policy_min_tolerance", "policy.min_tolerance of this node")
+            policy.add_metric([], snap["min_tolerance"])
+            yield policy
         events = CounterMetricFamily("peerstore_core_events", "Protocol events by kind", labels=["kind"])
-        for kind, count in sorted(snap.get("core", {}).items()):
+        for kind, count in sorted({**dict.fromkeys(ALERTED_CORE_EVENTS, 0), **snap.get("core", {})}.items()):
             events.add_metric([kind], count)
         yield events
 
@@ -69,6 +93,11 @@ class Metrics:
         self.errors = Counter("peerstore_errors", "Errors by kind", ["kind"], registry=self.registry)
         self.operations = Counter("peerstore_operations", "Client operations by kind and outcome",
                                   ["kind", "outcome"], registry=self.registry)
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
+        for kind in ALERTED_OPERATIONS:
+            for outcome in OPERATION_OUTCOMES:
+                self.operations.labels(kind, outcome)
         self.snapshot = SnapshotCollector()
         self.registry.register(self.snapshot)
 
