@@ -1,0 +1,563 @@
+"""The ``peerstore`` command: run a node, or store, fetch, list and remove checkpoints.
+
+Every subcommand except ``node``, ``init`` and ``local`` talks to one node over the
+client protocol (:mod:`peerstore.client`). Errors print one line, ``peerstore: REASON``,
+on stderr and set the exit code; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+import yaml
+
+from peerstore.client import DEFAULT_TIMEOUT, NodeClient, NotFoundError, OutcomeUnknownError, UsageError
+from peerstore.config import Config, config_from_mapping, load_config, parse_host_port, render_config
+from peerstore.durable import write_file_atomic
+from peerstore.errors import ConfigError, InvalidNameError, PeerstoreError
+from peerstore.names import parse_spec
+from peerstore.progress import Progress, human_size
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNKNOWN = 3
+EXIT_NOT_FOUND = 4
+EXIT_INTERRUPTED = 130
+
+CONFIG_ENV = "PEERSTORE_CONFIG"
+LOCAL_CLIENT_CONFIG = Path("data") / "local" / "client.yaml"
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success
+  1    the operation failed (the reason is printed on stderr)
+  2    usage or config error (bad arguments, bad or missing config file)
+  3    outcome unknown: the connection dropped after a put was sent; check with 'peerstore ls NAME'
+  4    not found: no such checkpoint or version
+  130  interrupted (Ctrl-C)
+"""
+
+MAIN_EPILOG = f"""\
+examples:
+  ./launch.sh --local 5                          a 5-node demo cluster on this machine
+  peerstore put checkpoint-500/ --name run1/step-500
+  peerstore ls
+  peerstore get run1/step-500 --out restored/
+  peerstore status
+
+config: --config PATH, else ${CONFIG_ENV}, else ./config.yaml, else ./{LOCAL_CLIENT_CONFIG}
+(written by 'peerstore local'). The CLI needs the cluster key from it, and talks to
+127.0.0.1:<listen port> unless --node says otherwise.
+
+{EXIT_CODES_HELP}"""
+
+
+# ---------------------------------------------------------------------------------------
+# Arguments
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text}")
+    return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value}")
+    return value
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The options every subcommand accepts, before or after its name."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options")
+    group.add_argument("--config", metavar="PATH", default=default(None),
+                       help=f"config file (default: ${CONFIG_ENV}, ./config.yaml, ./{LOCAL_CLIENT_CONFIG})")
+    group.add_argument("--node", metavar="HOST:PORT", type=_host_port, default=default(None),
+                       help="the node to talk to (default: this machine, the config's listen port)")
+    group.add_argument("--quiet", "-q", action="store_true", default=default(False),
+                       help="no progress display")
+    group.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds, default=default(DEFAULT_TIMEOUT),
+                       help=f"give up on a node that stays silent this long (default {DEFAULT_TIMEOUT:g})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peerstore",
+        description="Store ML training checkpoints across the machines you have: every shard on two "
+                    "nodes plus erasure-coded parity, restored byte-identical or not at all.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, description: str, epilog: str, func: Callable) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description, parents=[common],
+                           epilog=epilog + "\n" + EXIT_CODES_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    command("node", "run this machine's node (the daemon)",
+            "Run the peerstore node daemon in the foreground until Ctrl-C or SIGTERM.",
+            "examples:\n  peerstore node --config config.yaml\n  ./launch.sh            (the same, from ./config.yaml)\n",
+            cmd_node)
+
+    p = command("init", "write a config file with a fresh cluster key",
+                "Write a documented config file. Without --cluster-key it makes a new cluster key: copy "
+                "that key to every other machine's config (or run init there with --cluster-key).",
+                "examples:\n  peerstore init\n  peerstore init --data-dir /mnt/ssd/peerstore --seeds 10.0.0.5:7420\n"
+                "  peerstore init --cluster-key <key from the first machine> --seeds 10.0.0.5:7420\n", cmd_init)
+    p.add_argument("--data-dir", metavar="DIR", help="where this node keeps its pieces (default ~/.local/share/peerstore)")
+    p.add_argument("--listen-port", metavar="PORT", type=_port, help="TCP/UDP port of the node (default 7420)")
+    p.add_argument("--seeds", metavar="HOST:PORT[,HOST:PORT...]", action="append", default=[],
+                   help="nodes to contact at start, where multicast DNS does not reach (repeatable)")
+    p.add_argument("--cluster-key", metavar="HEX", help="join an existing cluster: its 64-hex-character key")
+    p.add_argument("--force", action="store_true", help="overwrite an existing config file")
+    p.add_argument("-o", "--output", metavar="PATH", default="config.yaml", help="file to write (default config.yaml)")
+
+    p = command("put", "store a file or a directory as a checkpoint",
+                "Store PATH (one file, or a directory of files) under NAME. Prints the version and its "
+                "tolerance: how many more simultaneous node failures it survives.",
+                "examples:\n  peerstore put model.safetensors --name llama/base\n"
+                "  peerstore put checkpoint-500/ --name run1/step-500\n", cmd_put)
+    p.add_argument("path", metavar="PATH", help="file or directory to store")
+    p.add_argument("--name", required=True, help="checkpoint name, e.g. run1/step-500 (letters, digits, . _ + - and /)")
+    p.add_argument("--stream", action="store_true",
+                   help="send the bytes through the connection even when the node runs on this machine")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = command("get", "restore a checkpoint",
+                "Fetch SPEC (NAME for the latest version, NAME@V for one version) and write it, verified "
+                "against its BLAKE3 hashes, under a temporary name that is renamed into place at the end. "
+                "An existing file is never replaced without --force, and never harmed by a failed get.",
+                "examples:\n  peerstore get run1/step-500                 writes ./step-500\n"
+                "  peerstore get llama/base@3 --out model.safetensors\n"
+                "  peerstore get run1/step-500 --out /data/ckpt --force\n", cmd_get)
+    p.add_argument("spec", metavar="SPEC", help="NAME or NAME@VERSION")
+    p.add_argument("--out", metavar="PATH", help="where to write it (default ./<last part of NAME>). A "
+                   "single-file checkpoint goes inside PATH if PATH is a directory or ends with '/'; a "
+                   "directory checkpoint becomes PATH (which may be an empty directory)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = command("ls", "list checkpoints and their versions",
+                "List the live versions of every checkpoint, or of NAME.",
+                "examples:\n  peerstore ls\n  peerstore ls run1/step-500 --json\n", cmd_ls)
+    p.add_argument("name", metavar="NAME", nargs="?", help="only this checkpoint")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("status", "show the cluster and how safe each checkpoint is now",
+                "Show the members the node sees and, for every checkpoint, its tolerance now: how many "
+                "more node failures it survives given where its pieces actually are.",
+                "examples:\n  peerstore status\n  peerstore status --json\n", cmd_status)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("rm", "remove a checkpoint or one version",
+                "Remove NAME (every version this node has seen) or NAME@V (one version).",
+                "examples:\n  peerstore rm run1/step-500@2\n  peerstore rm run1/step-500\n", cmd_rm)
+    p.add_argument("spec", metavar="SPEC", help="NAME or NAME@VERSION")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = command("local", "run a demo cluster of N nodes on this machine",
+                "Start N nodes on 127.0.0.1 (ports BASE+1..BASE+N) with data under DATA/local, and "
+                "write DATA/local/client.yaml so this CLI finds them with no flags. Reruns reuse the "
+                "same data and cluster key. Ctrl-C stops every node.",
+                "examples:\n  peerstore local 5\n  ./launch.sh --local 5\n"
+                "  peerstore local 3 --base-port 8420 --data /tmp/ps --metrics-base-port 0\n", cmd_local)
+    p.add_argument("count", metavar="N", type=int, help="number of nodes (1 to 64)")
+    p.add_argument("--base-port", type=_port, default=7420, help="node i listens on BASE+i (default 7420)")
+    p.add_argument("--data", metavar="DIR", default="data", help="data root; the cluster lives in DIR/local (default ./data)")
+    p.add_argument("--metrics-base-port", metavar="PORT", type=int, default=9420,
+                   help="node i serves /metrics on PORT+i (default 9420); 0 turns metrics off")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------
+# Config and address
+
+
+def resolve_config_path(explicit: str | None, *, env: dict[str, str] | None = None, cwd: Path | None = None,
+                        include_local: bool = True) -> Path:
+    """--config, else $PEERSTORE_CONFIG, else ./config.yaml, else ./data/local/client.yaml."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    if explicit:
+        return Path(explicit)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    candidates = [cwd / "config.yaml"] + ([cwd / LOCAL_CLIENT_CONFIG] if include_local else [])
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise UsageError(
+        f"no config file: pass --config PATH, set {CONFIG_ENV}, write ./config.yaml with 'peerstore init', "
+        "or start a local cluster with 'peerstore local 5'"
+    )
+
+
+def default_node(config: Config) -> tuple[str, int]:
+    """Where the node of this machine listens, from its config."""
+    host = config.listen_host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, config.listen_port
+
+
+def _client(args: argparse.Namespace) -> NodeClient:
+    config = load_config(resolve_config_path(args.config))
+    host, port = args.node or default_node(config)
+    return NodeClient(host, port, config.cluster_key, args.timeout, config_source=config.source)
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    return Progress(enabled=False if args.quiet else None)
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell; columns listed in ``right`` right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def _when(created: Any) -> str:
+    if not isinstance(created, (int, float)) or created <= 0:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
+
+
+def _version_labels(entries: Sequence[dict]) -> list[str]:
+    """The counter alone, or counter.node-prefix where two versions of a name share it."""
+    seen: dict[tuple[Any, Any], int] = {}
+    for e in entries:
+        key = (e.get("name"), e.get("version"))
+        seen[key] = seen.get(key, 0) + 1
+    labels = []
+    for e in entries:
+        if seen[(e.get("name"), e.get("version"))] > 1 and isinstance(e.get("version_id"), str):
+            counter, _, node = e["version_id"].partition(".")
+            labels.append(f"{counter}.{node[:8]}")
+        else:
+            labels.append(str(e.get("version", "?")))
+    return labels
+
+
+def _tolerance(value: Any) -> str:
+    if value == -1:
+        return "LOST"
+    return str(value) if value is not None else "?"
+
+
+def format_listing(entries: Sequence[dict]) -> str:
+    rows = [
+        [str(e.get("name", "?")), label, human_size(int(e.get("size", 0))), str(e.get("files", "?")),
+         _tolerance(e.get("tolerance")), _when(e.get("created"))]
+        for e, label in zip(entries, _version_labels(entries))
+    ]
+    return format_table(["NAME", "VERSION", "SIZE", "FILES", "TOLERANCE", "CREATED"], rows, right=(2, 3, 4))
+
+
+def format_status(status: dict, where: str) -> str:
+    members = status.get("members") or []
+    lines = [f"node {status.get('node_id', '?')} (via {where}); {len(members)} member(s) in view"]
+    if members:
+        rows = []
+        for m in members:
+            if not isinstance(m, dict):
+                m = {"id": str(m)}
+            node = str(m.get("id") or m.get("node_id") or "?") + (" (this node)" if m.get("self") else "")
+            contact = m.get("last_contact")
+            rows.append([node, str(m.get("address") or m.get("addr") or "-"), str(m.get("state") or "-"),
+                         f"{contact:g} s ago" if isinstance(contact, (int, float)) and not m.get("self") else "-"])
+        lines += ["", format_table(["NODE", "ADDRESS", "STATE", "LAST CONTACT"], rows)]
+    checkpoints = status.get("checkpoints") or []
+    if checkpoints:
+        rows = []
+        entries = [c for c in checkpoints if isinstance(c, dict)]
+        for c, label in zip(entries, _version_labels(entries)):
+            now = c.get("tolerance_now", c.get("tolerance"))
+            rows.append([str(c.get("name", "?")), label, human_size(int(c.get("size", 0))),
+                         _tolerance(now), str(c.get("pieces", "?"))])
+        lines += ["", format_table(["CHECKPOINT", "VERSION", "SIZE", "TOLERANCE NOW", "PIECES"], rows,
+                                   right=(2, 3, 4))]
+        lost = [c for c in entries if c.get("tolerance_now", c.get("tolerance")) == -1]
+        if lost:
+            lines.append(f"\n{len(lost)} checkpoint(s) cannot be restored with the nodes up now "
+                         "(TOLERANCE NOW = LOST); bring the missing nodes back")
+    else:
+        lines += ["", "no checkpoints stored"]
+    return "\n".join(lines)
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e6:.1f} MB/s" if seconds > 0 else "-"
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    config = load_config(resolve_config_path(args.config, include_local=False))
+    try:
+        from peerstore.daemon.main import run_node
+    except ImportError as err:
+        if err.name and err.name.startswith("peerstore.daemon"):
+            raise PeerstoreError("this installation has no node daemon (peerstore.daemon.main is missing)") from None
+        raise
+    return int(run_node(config) or 0)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    if os.path.lexists(output) and not args.force:
+        raise PeerstoreError(f"{output} already exists; pass --force to overwrite it (its cluster key would be lost)")
+    overrides: dict[str, Any] = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.listen_port:
+        overrides["listen_port"] = args.listen_port
+    seeds = [s.strip() for item in args.seeds for s in item.split(",") if s.strip()]
+    for seed in seeds:
+        try:
+            parse_host_port(seed)
+        except ValueError as err:
+            raise UsageError(f"--seeds: {err}") from None
+    if seeds:
+        overrides["seeds"] = seeds
+    if args.cluster_key:
+        overrides["cluster_key"] = args.cluster_key.strip()
+    text = render_config(**overrides)
+    config = _validate_written(text, output)
+    write_file_atomic(output, text.encode(), mode=0o600)  # it holds the cluster secret
+    port = config.listen_port
+    print(f"wrote {output} (node data in {config.data_dir})")
+    if args.cluster_key:
+        print("\nthis node joins the cluster with the key you gave. Start it with ./launch.sh")
+        return EXIT_OK
+    key = config.cluster_key.hex()
+    print(f"""
+This is a new cluster. Every machine needs the same cluster key (keep it secret):
+
+  cluster_key: {key}
+
+On each other machine, run:
+
+  ./launch.sh peerstore init --cluster-key {key} --seeds {_this_host()}:{port}
+
+(or copy the cluster_key line into its config.yaml; seeds are only needed where
+multicast DNS does not reach). Then start every node with ./launch.sh""")
+    return EXIT_OK
+
+
+def _validate_written(text: str, output: Path) -> Config:
+    return config_from_mapping(yaml.safe_load(text), str(output), base_dir=Path(os.path.abspath(output)).parent)
+
+
+def _this_host() -> str:
+    """This machine's address as other machines on the LAN likely see it (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
+            address = s.getsockname()[0]
+            if address and not address.startswith("0."):
+                return address
+    except OSError:
+        pass
+    return socket.gethostname() or "THIS-MACHINE"
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    client = _client(args)
+    result = trio.run(partial(client.put, Path(args.path), args.name, _progress(args), stream=args.stream))
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    counter = str(result.get("version", "?")).split(".")[0]
+    size = int(result.get("size", 0))
+    tolerance = result.get("tolerance", "?")
+    print(f"stored {args.name}@{counter}: {human_size(size)}, tolerance {tolerance} "
+          f"(survives {tolerance} more node failure{'s' if tolerance != 1 else ''}), "
+          f"{_rate(size, result.get('seconds', 0))}")
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    name, _ = parse_spec(args.spec)
+    out = Path(args.out) if args.out else Path(name.rsplit("/", 1)[-1])
+    client = _client(args)
+    into_dir = bool(args.out) and args.out.endswith(("/", os.sep))
+    result = trio.run(partial(client.get, args.spec, out, force=args.force, progress=_progress(args),
+                              into_dir=into_dir))
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    notes = []
+    if result.get("degraded"):
+        notes.append(f"{result['degraded']} stripe(s) rebuilt from parity")
+    if result.get("fallbacks"):
+        notes.append(f"{result['fallbacks']} piece(s) from a second replica")
+    counter = str(result.get("version", "?")).split(".")[0]
+    print(f"restored {name}@{counter} to {result['path']}: {human_size(result['bytes'])} in "
+          f"{result['files']} file{'s' if result['files'] != 1 else ''}, verified, "
+          f"{_rate(result['bytes'], result.get('seconds', 0))}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    client = _client(args)
+    entries = trio.run(client.ls, args.name)
+    if args.name and not entries:
+        raise NotFoundError(f"no checkpoint named {args.name} (see 'peerstore ls')")
+    if args.json:
+        _print_json(entries)
+    elif not entries:
+        print("no checkpoints stored yet (store one with 'peerstore put PATH --name NAME')")
+    else:
+        print(format_listing(entries))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    status = trio.run(client.status)
+    if args.json:
+        _print_json(status)
+    else:
+        print(format_status(status, client.where))
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    parse_spec(args.spec)
+    client = _client(args)
+    result = trio.run(client.rm, args.spec)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    name = args.spec.split("@", 1)[0]
+    versions = [str(v) for v in result.get("versions", [])]
+    print(f"removed {', '.join(f'{name}@{v}' for v in versions) or 'nothing'}")
+    return EXIT_OK
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from peerstore.local_cluster import run_local
+
+    return run_local(args.count, base_port=args.base_port, data=Path(args.data),
+                     metrics_base_port=args.metrics_base_port)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+
+
+def exit_code_for(err: BaseException) -> int:
+    """The exit code a deliberate error maps to."""
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(err, (UsageError, ConfigError, InvalidNameError)):
+        return EXIT_USAGE
+    if isinstance(err, OutcomeUnknownError):
+        return EXIT_UNKNOWN
+    if isinstance(err, NotFoundError):
+        return EXIT_NOT_FOUND
+    return EXIT_FAILED
+
+
+def _deliberate(err: BaseException) -> BaseException | None:
+    """The error to report for ``err``: itself, or the one that matters inside a trio
+    exception group; None when it is a bug (to be re-raised with its traceback)."""
+    if isinstance(err, BaseExceptionGroup):
+        leaves = [leaf for sub in err.exceptions if (leaf := _deliberate(sub)) is not None]
+        for leaf in leaves:
+            if isinstance(leaf, KeyboardInterrupt):
+                return leaf
+        if leaves and len(leaves) == len(err.exceptions):
+            return leaves[0]
+        return None
+    if isinstance(err, (PeerstoreError, KeyboardInterrupt)):
+        return err
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the peerstore command line; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error argparse already printed (2)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
+    try:
+        return args.func(args)
+    except BaseException as err:
+        cause = _deliberate(err)
+        if cause is None:
+            raise
+        if isinstance(cause, KeyboardInterrupt):
+            print("\npeerstore: interrupted", file=sys.stderr)
+            if args.command == "put":
+                print(f"peerstore: the put may have committed just before; check with 'peerstore ls {args.name}'",
+                      file=sys.stderr)
+        else:
+            print(f"peerstore: {cause}", file=sys.stderr)
+        return exit_code_for(cause)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
