@@ -37,6 +37,7 @@ from peerstore.errors import AuthError, CodecError, DiskFullError, FormatError, 
 from peerstore.manifest import MAX_MANIFEST_BYTES, Catalog, CatalogEntry, CatalogNotFound, Manifest
 from peerstore.names import MAX_FILES, VersionId, parse_spec, parse_version_selector, validate_name, validate_paths
 from peerstore.progress import Progress
+from peerstore.wire import client_protocol as cp
 from peerstore.wire import ConnectionClosed, HandshakeComplete, Message, PayloadChunk, PayloadEnd
 from peerstore.wire.client_protocol import DATA_CHUNK, put_request
 from peerstore.wire.frames import Connection, encode_header
@@ -888,11 +889,14 @@ class NodeClient:
                     raise _ConnectionLost(f"{wire.where} closed the connection without answering")
                 if not isinstance(event, Message):
                     continue
+                body = bytearray()
                 if event.payload_len:
-                    await wire.read_payload(event, lambda view: None)
+                    if event.payload_len > cp.MAX_BODY:
+                        raise CodecError(f"{wire.where} sent a {event.payload_len}-byte reply body")
+                    await wire.read_payload(event, body.extend)
                 kind = event.header.get("t")
                 if kind in answers or kind == "failed":
-                    return event.header
+                    return {**event.header, **cp.decode_body(bytes(body))} if body else event.header
                 if kind != "progress":
                     raise CodecError(f"{wire.where} answered {request['t']} with an unexpected {kind!r} frame")
         finally:

@@ -17,7 +17,7 @@ import trio
 
 from peerstore.core import events as ev
 from peerstore.daemon.sources import ClientStream, FileHasher, LocalFiles, SourceError, encode_stripe
-from peerstore.daemon.transport import PeerClosed, WireStream
+from peerstore.daemon.transport import Frame, PeerClosed, WireStream
 from peerstore.errors import CodecError
 from peerstore.wire import client_protocol as cp
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("peerstore.client")
 
+KEEP_ALIVE = 5.0  # seconds of silence before a progress frame is sent anyway
 ENDED = (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -40,6 +41,8 @@ class ClientSession:
         self.hasher = FileHasher()
         self.finished = trio.Event()
         self.kind = "?"
+        self.last_sent = trio.current_time()
+        self.done = self.total = 0
 
     def enqueue(self, effect: Any) -> None:
         if isinstance(effect, (ev.EncodeStripe, ev.FinishFileRead)):
@@ -47,13 +50,9 @@ class ClientSession:
         else:
             self.out_send.send_nowait(effect)
 
-    async def run(self) -> None:
+    async def run(self, first: Frame) -> None:
         try:
-            frame = await self.wire.receive()
-        except (*ENDED, CodecError):
-            return
-        try:
-            command = self._command(frame.header)
+            command = self._command(first.header)
         except CodecError as err:
             try:
                 await self.wire.send(cp.failed(f"bad request: {err}"))
@@ -64,8 +63,21 @@ class ClientSession:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receive, nursery)
             nursery.start_soon(self._read_stripes)
+            nursery.start_soon(self._keep_alive)
             await self._write()
             nursery.cancel_scope.cancel()
+
+    async def _keep_alive(self) -> None:
+        """A progress frame whenever nothing was sent for a while, so a client can tell a
+        slow operation (a frozen peer, a long commit) from a dead node."""
+        while True:
+            await trio.sleep(KEEP_ALIVE)
+            if trio.current_time() - self.last_sent >= KEEP_ALIVE:
+                try:
+                    await self.wire.send({"t": "progress", "done": self.done, "total": self.total})
+                except ENDED:
+                    return  # the receiver notices the client left and cancels its operation
+                self.last_sent = trio.current_time()
 
     def _command(self, header: dict[str, Any]) -> Any:
         kind = header.get("t")
@@ -144,6 +156,7 @@ class ClientSession:
                 await self._reply(effect.body)
             except ENDED:
                 return
+            self.last_sent = trio.current_time()
             if final:
                 outcome = "failed" if isinstance(effect.body, ev.Failed) else "ok"
                 self.daemon.metrics.operations.labels(self.kind, outcome).inc()
@@ -153,10 +166,12 @@ class ClientSession:
         data = b"".join(bytes(s) if not isinstance(s, (bytes, bytearray)) else s for s in shards) \
             if len(shards) > 1 else shards[0]
         await self.wire.send({"t": "stripe", "file": file_index, "offset": offset}, data)
+        self.last_sent = trio.current_time()
 
     async def _reply(self, body: Any) -> None:
         send = self.wire.send
         if isinstance(body, ev.Progress):
+            self.done, self.total = body.done, body.total
             await send({"t": "progress", "done": body.done, "total": body.total})
         elif isinstance(body, ev.PutDone):
             await send({"t": "put_done", "name": body.name, "version": body.version,
@@ -172,16 +187,16 @@ class ClientSession:
             await send({"t": "get_done", "name": body.name, "version": body.version, "size": body.size,
                         "degraded": body.degraded_stripes, "fallbacks": body.fallbacks})
         elif isinstance(body, ev.Listing):
-            await send({"t": "listing", "entries": [cp.entry_dict(e) for e in body.entries]})
+            await send({"t": "listing"}, cp.encode_body({"entries": [cp.entry_dict(e) for e in body.entries]}))
         elif isinstance(body, ev.Removed):
             await send({"t": "removed", "versions": list(body.versions)})
         elif isinstance(body, ev.Status):
-            await send({
-                "t": "status", "node_id": body.node_id, "members": self.daemon.member_rows(),
+            await send({"t": "status"}, cp.encode_body({
+                "node_id": body.node_id, "members": self.daemon.member_rows(),
                 "checkpoints": [
                     {**cp.entry_dict(row.entry), "pieces": row.pieces, "tolerance_now": row.tolerance}
                     for row in body.checkpoints
                 ],
-            })
+            }))
         else:  # pragma: no cover - a new reply type without a wire form
             raise AssertionError(f"no wire form for {type(body).__name__}")

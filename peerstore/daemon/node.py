@@ -29,12 +29,13 @@ from peerstore.daemon.clients import ClientSession
 from peerstore.daemon.gossip import Membership
 from peerstore.daemon.metrics import Metrics
 from peerstore.daemon.peers import DIAL_ERRORS, Peers
-from peerstore.daemon.transport import PeerClosed, WireStream, tune_socket
+from peerstore.daemon.transport import Frame, PeerClosed, WireStream, tune_socket
 from peerstore.ec import decode_data
 from peerstore.errors import AuthError, CodecError, DiskFullError, FormatError, PeerstoreError, StoreError
 from peerstore.identity import NodeIdentity
 from peerstore.manifest import Catalog
 from peerstore.store import MetaStore, PieceStore
+from peerstore.wire import client_protocol as cp
 from peerstore.wire import messages as msg
 
 log = logging.getLogger("peerstore.node")
@@ -303,6 +304,17 @@ class Daemon:
     # -- connections ---------------------------------------------------------------------
 
     async def _accept(self, stream: trio.SocketStream) -> None:
+        """One incoming connection. A bug in serving it is logged and ends only it:
+        an exception escaping here would stop the whole listener."""
+        try:
+            await self._serve_connection(stream)
+        except Exception:
+            log.exception("error while serving a connection from %s", _remote(stream))
+            self.metrics.errors.labels("internal").inc()
+            with trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
         tune_socket(stream)
         wire = WireStream(stream, role="server", cluster_key=self.config.cluster_key, node_id=self.node_id)
         try:
@@ -316,18 +328,25 @@ class Daemon:
             log.debug("handshake with %s failed: %s", _remote(stream), err)
             await wire.aclose()
             return
-        if peer.startswith("c"):
-            await self._serve_client(wire)
-        elif peer == self.node_id:
+        if peer == self.node_id:
             await wire.aclose()  # we dialled ourselves through a seed address
+            return
+        # The first frame tells a CLI (a client request) from a node (anything else).
+        try:
+            first = await wire.receive(verify=False)
+        except (PeerClosed, CodecError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await wire.aclose()
+            return
+        if first.header.get("t") in cp.REQUESTS:
+            await self._serve_client(wire, first)
         else:
-            await self.peers.serve(wire)
+            await self.peers.serve(wire, first)
 
-    async def _receive_from_peer(self, peer: str, wire: WireStream) -> None:
+    async def _receive_from_peer(self, peer: str, wire: WireStream, first: Frame | None = None) -> None:
         """Receive frames from a peer until the connection ends; feed them to the core."""
         while True:
             try:
-                frame = await wire.receive(verify=False)
+                frame, first = (first, None) if first is not None else (await wire.receive(verify=False), None)
                 kind = frame.header.get("t")
                 payload = frame.payload
                 handle = None
@@ -357,12 +376,12 @@ class Daemon:
                 return
             self.feed(ev.MessageReceived(peer, message, handle))
 
-    async def _serve_client(self, wire: WireStream) -> None:
+    async def _serve_client(self, wire: WireStream, first: Frame) -> None:
         self._next_session += 1
         session = ClientSession(self, self._next_session, wire)
         self.sessions[session.token] = session
         try:
-            await session.run()
+            await session.run(first)
         finally:
             del self.sessions[session.token]
             await wire.aclose()

@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from peerstore.daemon.transport import WireStream, dial
+from peerstore.daemon.transport import Frame, WireStream, dial
 from peerstore.errors import AuthError, CodecError
 
 log = logging.getLogger("peerstore.peers")
@@ -27,7 +27,7 @@ class Peers:
         node_id: str,
         cluster_key: bytes,
         connect_timeout: float,
-        on_connection: Callable[[str, WireStream], Awaitable[None]],
+        on_connection: Callable[[str, WireStream, Frame | None], Awaitable[None]],
     ):
         self.node_id = node_id
         self.cluster_key = cluster_key
@@ -44,7 +44,7 @@ class Peers:
             task_status.started()
             await trio.sleep_forever()
 
-    async def serve(self, wire: WireStream) -> None:
+    async def serve(self, wire: WireStream, first: Frame | None = None) -> None:
         """Receive on an authenticated connection until it ends. It becomes the pooled
         connection to its peer unless a live one is already there."""
         peer = wire.peer_id
@@ -53,7 +53,7 @@ class Peers:
         if current is None or current.closed:
             self.conns[peer] = wire
         try:
-            await self.on_connection(peer, wire)
+            await self.on_connection(peer, wire, first)
         finally:
             await wire.aclose()
             if self.conns.get(peer) is wire:

@@ -15,9 +15,12 @@ get   C: get {spec}
       N: entry {name, version, manifest_id}
       N: stripe {file, offset} + payload (that stripe's data bytes, in order)*
       N: get_done {name, version, size, degraded, fallbacks} | failed {reason}
-ls    C: ls {name?}          N: listing {entries:[entry dicts]}
-status C: status {}          N: status {node_id, members:[...], checkpoints:[...]}
+ls    C: ls {name?}          N: listing {} + body {entries:[entry dicts]}
+status C: status {}          N: status {} + body {node_id, members:[...], checkpoints:[...]}
 rm    C: rm {spec}           N: removed {versions:[...]} | failed {reason}
+
+A *body* is a msgpack map sent as the frame payload and merged into the header by the
+receiver: replies that grow with the catalog would not fit the 64 KiB header limit.
 
 ``local_root`` lets a CLI on the same machine as its node name a directory (or file)
 the node reads itself, instead of streaming the bytes through the socket.
@@ -26,6 +29,8 @@ the node reads itself, instead of streaming the bytes through the socket.
 from __future__ import annotations
 
 from typing import Any
+
+import msgpack
 
 from peerstore.errors import CodecError
 
@@ -88,6 +93,27 @@ def parse_position(header: dict[str, Any]) -> tuple[int, int]:
 
 def parse_spec(header: dict[str, Any]) -> str:
     return _text(header, "spec")  # type: ignore[return-value]
+
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode_body(data: bytes) -> dict[str, Any]:
+    """A reply body: a msgpack map with string keys, bounded; CodecError otherwise."""
+    if len(data) > MAX_BODY:
+        raise CodecError(f"reply body larger than {MAX_BODY} bytes")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_str_len=MAX_BODY,
+                               max_bin_len=MAX_BODY, max_array_len=1_000_000, max_map_len=1_000_000)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        raise CodecError(f"malformed reply body: {err}") from err
+    if not isinstance(body, dict) or "t" in body:
+        raise CodecError("a reply body must be a map without a 't' key")
+    return body
 
 
 def failed(reason: str, unknown: bool = False) -> dict:
