@@ -247,6 +247,10 @@ class GetOperation(Operation):
             return
         position.busy = False
         position.handle = handle
+        if not fetch.ready:
+            # Sources may have run out while this piece was being verified: look again,
+            # so a hopeless stripe fails now instead of waiting forever.
+            self._schedule(now, fetch)
         self._deliver(now)
 
     def _source_failed(self, now: float, number: int, position: Position, peer: str, why: str) -> None:

@@ -1,0 +1,77 @@
+"""Core bugs the simulator found, pinned as small sans-IO tests (no simulator needed)."""
+
+from __future__ import annotations
+
+import random
+
+from peerstore.core import events as ev
+from peerstore.core.node import NodeCore
+from peerstore.core.settings import CoreSettings
+from peerstore.manifest import Catalog, CatalogEntry, FileEntry, Manifest, StripeEntry, VersionId
+from peerstore.policy import Policy
+from peerstore.wire import messages as msg
+
+SHARD = 64 * 1024
+
+
+def _pid(i: int) -> bytes:
+    return bytes([i]) * 32
+
+
+def test_get_fails_instead_of_hanging_when_the_last_piece_verifies_after_sources_ran_out():
+    """Found by ``sim.chaos --scenario stream-breaks --seed 2``: connection resets left a
+    stripe with three verified pieces, no source for a fourth, and the stripe's last
+    reschedule ran while one piece was still being verified. Nothing ever looked at the
+    stripe again, so the get waited forever (contract 2: bounded wait, never a hang)."""
+    a, b, c, d, e = (ch * 16 for ch in "abcde")
+    stripe = StripeEntry(k=4, p=2, block_size=SHARD, data_ids=tuple(_pid(i) for i in range(4)),
+                         data_lengths=(SHARD,) * 4, parity_ids=(_pid(4), _pid(5)))
+    manifest = Manifest(
+        name="run/x", version=VersionId(1, b), policy=Policy(shard_size=SHARD),
+        files=(FileEntry("m", 4 * SHARD, 0o644, _pid(9), (stripe,)),),
+        placement=((b, c, b, c, d, e, d, e, b, c),), tolerance=1, created=0.0, is_dir=False,
+    )
+    catalog = Catalog(entries=[CatalogEntry.for_manifest(manifest)])
+    core = NodeCore(a, CoreSettings(policy=Policy(shard_size=SHARD)), random.Random(1),
+                    catalog=catalog, alive=frozenset({a, b, c, d, e}))
+    holders = {b: {0, 1, 4}, c: {0, 1, 5}, d: {2, 3}, e: {2, 3}}
+    position_of = {_pid(i): i for i in range(6)}
+    dead = {b, c}  # their connections reset: every request to them fails
+    held_back: list[ev.PieceVerified] = []  # the verification of position 2 completes last
+    queue = list(core.handle(0.0, ev.GetCommand("client", "run/x")))
+    handles = iter(range(100, 1000))
+    verify_of: dict[int, int] = {}
+    finals = []
+    for step in range(500):
+        if not queue:
+            if not held_back:
+                break
+            queue = core.handle(1.0, held_back.pop())
+            continue
+        effect = queue.pop(0)
+        out: list = []
+        if isinstance(effect, ev.LoadManifest):
+            out = core.handle(0.0, ev.ManifestLoaded(effect.tag, manifest.encode()))
+        elif isinstance(effect, ev.Send) and isinstance(effect.message, msg.FetchPiece):
+            peer, m = effect.peer, effect.message
+            if peer in dead:
+                out = core.handle(0.0, ev.PeerUnreachable(peer, m.req))
+            else:
+                found = position_of[m.piece_id] in holders.get(peer, set())
+                handle = next(handles) if found else None
+                if handle is not None:
+                    verify_of[handle] = position_of[m.piece_id]
+                out = core.handle(0.0, ev.MessageReceived(
+                    peer, msg.PieceData(m.req, piece_id=m.piece_id, found=found), handle))
+        elif isinstance(effect, ev.VerifyPiece):
+            done = ev.PieceVerified(effect.tag, True)
+            if verify_of.get(effect.handle) == 2 and not held_back:
+                held_back.append(done)
+            else:
+                out = core.handle(0.0, done)
+        elif isinstance(effect, ev.Reply) and effect.final:
+            finals.append(effect.body)
+        queue += out
+    assert finals, "the get never answered its client (it hangs)"
+    assert isinstance(finals[0], ev.Failed) and "cannot restore" in finals[0].reason
+    assert core.operations == [] and core.buffer_bytes == 0
