@@ -18,7 +18,7 @@ log = logging.getLogger("peerstore.metrics")
 
 # Label values that alerts watch (deploy/prometheus/alerts.yml) are exported at 0 from the
 # start: an alert on increase() cannot see a series' first sample, only later changes.
-ERROR_KINDS = ("send", "disk_full", "store", "corrupt_piece", "auth", "codec")
+ERROR_KINDS = ("send", "disk_full", "store", "corrupt_piece", "auth", "codec", "internal")
 ALERTED_OPERATIONS = ("put", "get")
 OPERATION_OUTCOMES = ("ok", "failed")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
