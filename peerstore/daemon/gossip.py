@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("peerstore.gossip")
 
 STREAM_TIMEOUT = 5.0
+RESEED_INTERVAL = 2.0
 MAX_STREAM_BYTES = 16 * 1024 * 1024
 UNPACK_LIMITS = dict(max_str_len=65536, max_bin_len=1 << 20, max_array_len=8192, max_map_len=4096)
 
@@ -99,6 +100,7 @@ class Membership:
             self.nursery = nursery
             nursery.start_soon(self._receive_loop)
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._reseed_while_alone)
             self.apply(self.swim.start(trio.current_time(), self.seeds))
             task_status.started()
 
@@ -137,7 +139,12 @@ class Membership:
         if isinstance(effect, MemberRemoved):
             self.daemon.peers.addresses.pop(member.node_id, None)
             return
-        self.daemon.peers.addresses[member.node_id] = tuple(member.addr)  # type: ignore[assignment]
+        address = tuple(member.addr)
+        previous = self.daemon.peers.addresses.get(member.node_id)
+        self.daemon.peers.addresses[member.node_id] = address  # type: ignore[assignment]
+        if previous is not None and previous != address:
+            log.info("member %s moved from %s:%d to %s:%d", member.node_id, *previous, *address)
+            self.daemon.peers.forget(member.node_id)  # its old connection leads nowhere
         if effect.old != effect.new:
             level = logging.WARNING if effect.new in (MemberState.DEAD, MemberState.SUSPECT) else logging.INFO
             log.log(level, "member %s at %s:%d is %s", member.node_id, *member.addr, effect.new.name.lower())
@@ -158,6 +165,19 @@ class Membership:
             if now >= self.swim.next_deadline():
                 self.publish_catalog()
                 self.apply(self.swim.tick(now))
+
+    async def _reseed_while_alone(self) -> None:
+        """While no other member looks alive (a cable was out, the network changed), keep
+        contacting every address we know, so rejoining takes seconds, not a push-pull
+        period. The machine's own NeedSeeds backs off; this stays brisk but cheap."""
+        while True:
+            await trio.sleep(RESEED_INTERVAL)
+            if len(self.swim.alive_ids()) > 1 or self.swim.left:
+                continue
+            known = [tuple(m.addr) for m in self.swim.members() if m.node_id != self.node_id]
+            seeds = list(dict.fromkeys([*self.seeds, *self.extra_seeds, *known]))
+            if seeds:
+                self.apply(self.swim.add_seeds(trio.current_time(), seeds))  # type: ignore[arg-type]
 
     # -- datagrams -----------------------------------------------------------------------
 
@@ -225,6 +245,7 @@ class Membership:
 
     def set_addr(self, addr: tuple[str, int]) -> None:
         log.info("our address changed to %s:%d: announcing it", *addr)
+        self.daemon.peers.forget_all()  # connections from the old address are dead
         self.apply(self.swim.set_addr(trio.current_time(), addr))
 
     async def leave(self, linger: float = 1.0) -> None:

@@ -42,7 +42,7 @@ log = logging.getLogger("peerstore.node")
 
 PIECE_PAYLOAD_TYPES = {msg.StorePiece.TYPE, msg.PieceData.TYPE}
 HANDSHAKE_TIMEOUT = 5.0
-ADDRESS_CHECK_INTERVAL = 5.0
+ADDRESS_CHECK_INTERVAL = 2.0
 
 
 def core_settings(config: Config) -> CoreSettings:
@@ -397,7 +397,7 @@ class Daemon:
             self.metrics.snapshot.snapshot = {
                 "pieces": count, "bytes": size, "buffered": self.buffers.bytes,
                 "members": self.membership.state_counts() if self.membership else {},
-                "tolerance": dict(tolerance),
+                "tolerance": dict(tolerance), "min_tolerance": self.config.policy.min_tolerance,
                 "core": {**dict(self.core.stats),
                          **{f"gossip_{k}": v for k, v in (self.membership.swim.stats.items() if self.membership else ())},
                          **{f"gossip_dropped_{k}": v for k, v in (self.membership.dropped.items() if self.membership else ())}},

@@ -89,6 +89,17 @@ class Peers:
             del self._dialing[peer]
             done.set()
 
+    def forget(self, peer: str) -> None:
+        """Stop using the pooled connection to ``peer`` (it is closed by its receive loop
+        ending; a send in progress on it fails and is retried on a new one)."""
+        wire = self.conns.pop(peer, None)
+        if wire is not None and self.nursery is not None:
+            self.nursery.start_soon(wire.aclose)
+
+    def forget_all(self) -> None:
+        for peer in list(self.conns):
+            self.forget(peer)
+
     async def drop(self, peer: str, wire: WireStream) -> None:
         """Close a connection that misbehaved or stalled."""
         await wire.aclose()
