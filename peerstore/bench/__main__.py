@@ -1,0 +1,5 @@
+import sys
+
+from peerstore.bench.cli import main
+
+sys.exit(main())

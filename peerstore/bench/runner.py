@@ -1,0 +1,459 @@
+"""The benchmark run: baselines, then puts and gets on a real local cluster, phase by phase.
+
+Each phase starts from a dropped page cache (when allowed), is timed end to end through
+the real CLI, and is metered (CPU seconds and peak RSS of every node, plus the CLI's own
+usage). The cluster is replaced by a fresh one between groups of phases, so a source can
+be stored again without being deduplicated and the disk holds one group at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from peerstore.bench import baselines
+from peerstore.bench.commands import CommandFailed, Finished, Running, can_drop_page_cache, drop_page_cache
+from peerstore.bench.procstat import Meter
+from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult
+from peerstore.bench.sources import checkpoint_dir_source, safetensors_source, source_bytes
+from peerstore.bench.throttle import DutyCycle
+from peerstore.config import format_size
+from peerstore.manifest import Manifest
+from peerstore.policy import Policy
+from peerstore.testing.procs import ProcCluster, wait_for
+
+MiB = 1024 * 1024
+PHASES = ("baselines", "put", "put_stream", "get", "get_1down", "get_2down", "dir", "slow", "concurrent")
+NEEDS_STORED_MODEL = ("get", "get_1down", "get_2down")
+SLOWEST_RATE = 2e6  # bytes/s: a command slower than this is stuck, not slow
+CLUSTER_START_TIMEOUT = 60.0
+MEMBERSHIP_TIMEOUT = 60.0
+
+
+@dataclass
+class Options:
+    size: int | None = None  # None: the real Llama-3.2-1B shape (2.47 GB)
+    nodes: int = 5
+    shard_size: int = 4 * MiB
+    workdir: Path = Path("/tmp/peerstore-bench")
+    only: frozenset[str] = frozenset(PHASES)
+    keep: bool = False
+    drop_caches: bool = False
+    verify: bool = False
+    dir_size: int | None = None  # directory checkpoint total; None: same as size
+    concurrent: int = 4
+    concurrent_size: int | None = None  # each; None: size / 8
+    slow_period: float = 0.2
+    slow_fraction: float = 0.5
+    sweep: tuple[int, ...] = ()
+
+
+@dataclass
+class Outcome:
+    """What a phase body reports back to the meter."""
+
+    bytes: int
+    seconds: float
+    commands: list[Finished] = field(default_factory=list)
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def command_timeout(nbytes: int) -> float:
+    return 120.0 + nbytes / SLOWEST_RATE
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def stored_manifest(data_dir: Path, name: str) -> Manifest | None:
+    """The newest manifest named ``name`` a node holds, read straight from its files.
+
+    (Not through MetaStore: opening one sweeps temp files, unsafe beside a live node.)
+    """
+    best: Manifest | None = None
+    manifests = data_dir / "manifests"
+    for entry in os.scandir(manifests) if manifests.is_dir() else ():
+        if len(entry.name) != 64 or not entry.is_file():
+            continue
+        data = Path(entry.path).read_bytes()
+        if blake3.blake3(data).hexdigest() != entry.name:
+            continue
+        manifest = Manifest.decode(data)
+        if manifest.name == name and (best is None or manifest.version > best.version):
+            best = manifest
+    return best
+
+
+def replica_pair(manifest: Manifest, spare: str) -> tuple[str, str]:
+    """Both holders of one data shard, neither of them ``spare`` (the node the CLI talks
+    to). The placement hint of a stripe lists data0 A, data0 B, data1 A, ..., parity."""
+    for _, index, stripe in manifest.iter_stripes():
+        hint = manifest.placement[index]
+        for i in range(stripe.k):
+            a, b = hint[2 * i], hint[2 * i + 1]
+            if spare not in (a, b) and a != b:
+                return a, b
+    raise RuntimeError("no data shard has both replicas away from the coordinating node; "
+                       "run with more nodes")
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """True if two files, or two directory trees, hold identical files."""
+    if a.is_dir() != b.is_dir():
+        return False
+    if a.is_dir():
+        names_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+        names_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+        return names_a == names_b and all(same_bytes(a / n, b / n) for n in names_a)
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    return _digest(a) == _digest(b)
+
+
+def _digest(path: Path) -> bytes:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher.update_mmap(str(path))
+    return hasher.digest()
+
+
+class Bench:
+    """One benchmark run in ``<workdir>/run-<pid>/``; sources cached in ``<workdir>/sources``."""
+
+    def __init__(self, options: Options):
+        self.options = options
+        self.run_dir = options.workdir / f"run-{os.getpid()}"
+        self.cache = options.workdir / "sources"
+        self.policy = Policy(shard_size=options.shard_size)
+        self.results: list[PhaseResult] = []
+        self.sweep_rows: list[dict[str, Any]] = []
+        self.cluster: ProcCluster | None = None
+        self.clusters_started = 0
+        self.page_cache_dropped = 0
+        self.page_cache_requested = options.drop_caches and can_drop_page_cache()
+
+    # -- cluster ------------------------------------------------------------------------
+
+    def fresh_cluster(self, shard_size: int | None = None) -> ProcCluster:
+        """Replace the cluster with a new, empty one and wait until all nodes see each other."""
+        self.close_cluster()
+        self.clusters_started += 1
+        root = self.run_dir / f"cluster-{self.clusters_started}"
+        self.cluster = ProcCluster(root, self.options.nodes,
+                                   shard_size=format_size(shard_size or self.options.shard_size))
+        log(f"starting {self.options.nodes} nodes in {root}")
+        self.cluster.start_all(timeout=CLUSTER_START_TIMEOUT)
+        return self.cluster
+
+    def close_cluster(self) -> None:
+        if self.cluster is None:
+            return
+        self.cluster.close()
+        if not self.options.keep:
+            shutil.rmtree(self.cluster.root, ignore_errors=True)
+        self.cluster = None
+
+    def cleanup(self) -> None:
+        """Stop every node; remove this run's directory unless --keep."""
+        try:
+            self.close_cluster()
+        finally:
+            if not self.options.keep:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _cluster(self) -> ProcCluster:
+        if self.cluster is None:
+            raise RuntimeError("no cluster is running")
+        return self.cluster
+
+    def cli(self, *args: str, via: int = 0) -> Running:
+        c = self._cluster()
+        return Running([sys.executable, "-m", "peerstore", "--config", str(c.nodes[via].config_path),
+                        "--quiet", *args])
+
+    def finish(self, running: Running, timeout: float) -> Finished:
+        """Wait for a CLI command; a failure carries the node log tails."""
+        finished = running.wait(timeout)
+        if finished.returncode != 0:
+            raise CommandFailed(finished, self._cluster().log_tails())
+        return finished
+
+    def wait_seen_alive(self, count: int, via: int) -> bool:
+        """Until node ``via`` sees exactly ``count`` alive members; False on timeout."""
+        c = self._cluster()
+        try:
+            wait_for(lambda: len(c.alive_seen_by(via)) == count, MEMBERSHIP_TIMEOUT,
+                     f"node {via} to see {count} alive members", interval=0.5)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- measuring ------------------------------------------------------------------------
+
+    def measure(self, phase: str, kind: str, body: Callable[[], Outcome], meter_nodes: bool = True) -> PhaseResult:
+        """Run ``body`` from a cold page cache, metering every running node."""
+        if self.page_cache_requested and drop_page_cache():
+            self.page_cache_dropped += 1
+        meter = Meter()
+        nodes = self.cluster.nodes if (self.cluster is not None and meter_nodes) else []
+        for node in nodes:
+            if node.running and node.proc is not None:
+                meter.watch(f"node-{node.index}", node.proc.pid)
+        log(f"{phase} ...")
+        with meter:
+            outcome = body()
+        usage = meter.stop()
+        peaks: dict[str, float | None] = {f"node-{n.index}": usage.peak_rss_mib.get(f"node-{n.index}")
+                                          for n in nodes}
+        cpu = {"nodes": round(sum(usage.cpu_seconds.values()), 3)} if nodes else {}
+        cpu["cli" if kind != "baseline" else "tools"] = round(sum(f.cpu_seconds for f in outcome.commands), 3)
+        cli_peak = max((f.peak_rss_mib for f in outcome.commands), default=None)
+        result = PhaseResult(phase, kind, outcome.bytes, outcome.seconds, cpu, peaks,
+                             cli_peak if kind != "baseline" else None, outcome.notes, outcome.extra)
+        result.extra.setdefault("peak_rss_from_hwm", usage.peak_from_hwm)
+        self.results.append(result)
+        log(f"{phase}: {result.bytes / 1e6:.0f} MB in {result.seconds:.1f} s = {result.mb_s:.0f} MB/s, "
+            f"CPU {result.cpu_total:.1f} s, peak node RSS {result.max_peak_rss_mib or 0:.0f} MiB")
+        return result
+
+    # -- sources --------------------------------------------------------------------------
+
+    def model(self, seed: int, size: int | None = None) -> Path:
+        size = size if size is not None else self.options.size
+        path = safetensors_source(self.cache, size, seed)
+        log(f"source: {path} ({source_bytes(path) / 1e6:.0f} MB)")
+        return path
+
+    # -- phases -----------------------------------------------------------------------------
+
+    def put(self, phase: str, source: Path, name: str, *, stream: bool = False, via: int = 0,
+            throttle: DutyCycle | None = None) -> PhaseResult:
+        nbytes = source_bytes(source)
+
+        def body() -> Outcome:
+            args = ["put", str(source), "--name", name, "--json"] + (["--stream"] if stream else [])
+            started = time.time()
+            running = self.cli(*args, via=via)
+            if throttle is None:
+                finished = self.finish(running, command_timeout(nbytes))
+            else:
+                with throttle:
+                    finished = self.finish(running, command_timeout(nbytes) * 4)
+            done = json.loads(finished.stdout)
+            extra = {"client_seconds": done.get("seconds"), "pieces": done.get("pieces"),
+                     "tolerance": done.get("tolerance"), "streamed": done.get("streamed"),
+                     "wall_clock_start": started}
+            return Outcome(int(done["size"]), finished.seconds, [finished], extra=extra)
+
+        return self.measure(phase, "put", body)
+
+    def get(self, phase: str, name: str, source: Path, *, via: int = 0, notes: str = "") -> PhaseResult:
+        out = self.run_dir / "restored"
+        shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
+        nbytes = source_bytes(source)
+
+        def body() -> Outcome:
+            finished = self.finish(self.cli("get", name, "--out", str(out), "--json", via=via),
+                                   command_timeout(nbytes))
+            done = json.loads(finished.stdout)
+            extra = {"client_seconds": done.get("seconds"), "degraded_stripes": done.get("degraded", 0),
+                     "second_replica_pieces": done.get("fallbacks", 0), "files": done.get("files")}
+            return Outcome(int(done["bytes"]), finished.seconds, [finished], notes, extra)
+
+        try:
+            result = self.measure(phase, "get", body)
+            if self.options.verify:
+                if not same_bytes(source, out):
+                    raise RuntimeError(f"{phase}: the restored {out} differs from {source}")
+                result.extra["verified_against_source"] = True
+            return result
+        finally:
+            shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
+
+    def run_baselines(self, source: Path) -> None:
+        timeout = command_timeout(3 * source_bytes(source))
+        scratch = self.run_dir / "baselines"
+
+        def copy_once() -> Outcome:
+            run = baselines.copy_once(source, scratch, timeout)
+            return Outcome(source_bytes(source), run.seconds, notes=(
+                f"cp {run.copy_seconds:.1f} s + sync {run.sync_seconds:.1f} s"),
+                extra=self._baseline_extra(run))
+
+        def policy_copies() -> Outcome:
+            run = baselines.policy_copies(source, scratch, self.options.nodes, self.policy, timeout)
+            return Outcome(source_bytes(source), run.seconds, notes=(
+                f"{run.writers} dd writing {run.written_bytes / source_bytes(source):.2f}x the bytes into "
+                f"{self.options.nodes} dirs {run.copy_seconds:.1f} s + sync {run.sync_seconds:.1f} s"),
+                extra=self._baseline_extra(run))
+
+        self.measure(COPY_ONCE, "baseline", copy_once, meter_nodes=False)
+        self.measure(POLICY_COPIES, "baseline", policy_copies, meter_nodes=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    @staticmethod
+    def _baseline_extra(run: baselines.BaselineRun) -> dict[str, Any]:
+        return {"copy_seconds": run.copy_seconds, "sync_seconds": run.sync_seconds,
+                "tool_cpu_seconds": run.cpu_seconds, "bytes_written": run.written_bytes, "writers": run.writers}
+
+    def run_single_file_group(self, model: Path, want: frozenset[str]) -> None:
+        """put, put --stream, then gets healthy, with one node down, with two down."""
+        c = self.fresh_cluster()
+        nodes = self.options.nodes
+        self.put("put", model, "bench/model")
+        if "put_stream" in want:
+            self.put("put --stream", self.model(seed=1), "bench/model-streamed", stream=True, via=1)
+        if "get" in want:
+            self.get("get", "bench/model", model)
+        if not want & {"get_1down", "get_2down"}:
+            return
+        manifest = stored_manifest(c.nodes[0].data_dir, "bench/model")
+        if manifest is None:
+            raise RuntimeError(f"node 0 holds no manifest of bench/model\n{c.log_tails()}")
+        first, twin = (c.index_of(n) for n in replica_pair(manifest, c.nodes[0].node_id))
+        c.kill(first)
+        seen = self.wait_seen_alive(nodes - 1, via=0)
+        down = f"node {first} killed (-9) after the put" + ("" if seen else "; not yet seen dead")
+        self.get("get, 1 node down", "bench/model", model, notes=down)
+        if "get_2down" in want:
+            if nodes < 4:
+                log("get_2down needs at least 4 nodes (tolerance 2); skipped")
+            else:
+                c.kill(twin)
+                seen = self.wait_seen_alive(nodes - 2, via=0)
+                result = self.get("get, 2 nodes down", "bench/model", model, notes=(
+                    f"nodes {first} and {twin} (both replicas of a data shard) killed"
+                    + ("" if seen else "; not yet seen dead")))
+                if not result.extra.get("degraded_stripes"):
+                    result.notes += "; no stripe needed parity"
+        for index in (first, twin):
+            if not c.nodes[index].running:
+                c.start(index)
+        c.wait_alive(nodes, timeout=MEMBERSHIP_TIMEOUT)
+
+    def run_dir_group(self) -> None:
+        total = self.options.dir_size or self.options.size or source_bytes(self.model(seed=0))
+        source = checkpoint_dir_source(self.cache, total, seed=2)
+        log(f"source: {source} ({source_bytes(source) / 1e6:.0f} MB)")
+        self.fresh_cluster()
+        self.put("put directory", source, "bench/checkpoint-500")
+        self.get("get directory", "bench/checkpoint-500", source)
+
+    def run_slow_group(self, model: Path, want: frozenset[str]) -> None:
+        c = self.fresh_cluster()
+        if "slow" in want:
+            slow = self.options.nodes - 1
+            proc = c.nodes[slow].proc
+            assert proc is not None
+            throttle = DutyCycle(proc.pid, self.options.slow_period, self.options.slow_fraction)
+            result = self.put("put, 1 slow node", model, "bench/model-slow-peer", throttle=throttle)
+            result.notes = f"node {slow}: {throttle.describe()}"
+            result.extra.update(throttled_node=slow, throttle=throttle.describe(), throttle_cycles=throttle.cycles,
+                                **self.share_times("bench/model-slow-peer", result.extra["wall_clock_start"]))
+            healthy = next((r for r in self.results if r.phase == "put"), None)
+            if healthy is not None and healthy.mb_s > 0:
+                result.extra["ratio_to_unthrottled_put"] = result.mb_s / healthy.mb_s
+        if "concurrent" in want:
+            self.concurrent_puts()
+
+    def share_times(self, name: str, started: float) -> dict[str, Any]:
+        """Per node: pieces of ``name`` it holds and when the last one landed (seconds
+        after the put started, from the piece files' mtimes)."""
+        c = self._cluster()
+        manifest = stored_manifest(c.nodes[0].data_dir, name)
+        if manifest is None:
+            return {}
+        ids = manifest.piece_ids()
+        pieces, last = {}, {}
+        for node in c.nodes:
+            times = []
+            for pid in ids:
+                path = node.data_dir / "pieces" / pid.hex()[:2] / pid.hex()
+                try:
+                    times.append(path.stat().st_mtime)
+                except FileNotFoundError:
+                    continue
+            pieces[f"node-{node.index}"] = len(times)
+            last[f"node-{node.index}"] = round(max(times) - started, 2) if times else None
+        return {"pieces_per_node": pieces, "share_done_seconds": last}
+
+    def concurrent_puts(self) -> None:
+        count = self.options.concurrent
+        each = self.options.concurrent_size or max((self.options.size or source_bytes(self.model(0))) // 8, MiB)
+        sources = [self.model(seed=10 + i, size=each) for i in range(count)]
+        total = sum(source_bytes(s) for s in sources)
+
+        def body() -> Outcome:
+            started = time.monotonic()
+            running = [self.cli("put", str(s), "--name", f"bench/concurrent-{i}", "--json")
+                       for i, s in enumerate(sources)]
+            try:
+                finished = [self.finish(r, command_timeout(total)) for r in running]
+            finally:
+                for r in running:
+                    r.kill()
+            seconds = time.monotonic() - started
+            return Outcome(total, seconds, finished, notes=f"{count} CLI puts at once via node 0",
+                           extra={"each_seconds": [round(f.seconds, 2) for f in finished]})
+
+        self.measure(f"{count} puts at once", "put", body)
+
+    # -- whole runs ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Every selected phase, in order, cleaning up whatever happens."""
+        want = set(self.options.only)
+        if want & {*NEEDS_STORED_MODEL, "put_stream"}:
+            want.add("put")  # the gets read what it stored; put --stream is compared with it
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if "baselines" in want:
+                self.run_baselines(self.model(seed=0))
+            if "put" in want:
+                self.run_single_file_group(self.model(seed=0), frozenset(want))
+            if "dir" in want:
+                self.run_dir_group()
+            if want & {"slow", "concurrent"}:
+                self.run_slow_group(self.model(seed=0), frozenset(want))
+        except BaseException:
+            if self.cluster is not None:
+                print(self.cluster.log_tails(), file=sys.stderr)
+            raise
+        finally:
+            self.cleanup()
+
+    def run_sweep(self) -> None:
+        """put and get of one source per shard size, each on a fresh cluster."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            model = self.model(seed=0)
+            if "baselines" in self.options.only:
+                self.run_baselines(model)
+            for shard_size in self.options.sweep:
+                label = format_size(shard_size)
+                self.fresh_cluster(shard_size)
+                put = self.put(f"put, shards {label}", model, "bench/sweep")
+                get = self.get(f"get, shards {label}", "bench/sweep", model)
+                self.sweep_rows.append({
+                    "shard_size": label, "shard_bytes": shard_size,
+                    "put_mb_s": put.mb_s, "get_mb_s": get.mb_s,
+                    "put_cpu_seconds": put.cpu_total, "get_cpu_seconds": get.cpu_total,
+                    "put_peak_rss_mib": put.max_peak_rss_mib, "get_peak_rss_mib": get.max_peak_rss_mib,
+                    "pieces": put.extra.get("pieces"),
+                })
+        except BaseException:
+            if self.cluster is not None:
+                print(self.cluster.log_tails(), file=sys.stderr)
+            raise
+        finally:
+            self.cleanup()

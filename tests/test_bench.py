@@ -1,0 +1,157 @@
+"""The benchmark: its measuring parts on their own, then short real runs on a 5-node cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peerstore.bench import cli
+from peerstore.bench.baselines import node_segments, stored_factor
+from peerstore.bench.procstat import Meter
+from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult, aims
+from peerstore.bench.sources import safetensors_source, shape_for
+from peerstore.bench.throttle import DutyCycle
+from peerstore.policy import Policy
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("size,nodes,factor", [
+    (100, 5, 2.5), (24 * MiB, 5, 2.5), (7, 3, 2.5), (1000, 4, 2.0), (1, 5, 2.5),
+])
+def test_policy_baseline_writes_an_equal_share_of_the_policy_bytes_per_node(size, nodes, factor):
+    segments = node_segments(size, nodes, factor)
+    per_node = [sum(length for n, _, length in segments if n == node) for node in range(nodes)]
+    assert sum(per_node) == round(size * factor)
+    assert max(per_node) - min(per_node) <= 1
+    assert all(0 <= offset and length > 0 and offset + length <= size for _, offset, length in segments)
+
+
+def test_default_policy_stores_two_and_a_half_times_the_bytes():
+    assert stored_factor(Policy()) == 2.5
+
+
+@pytest.mark.parametrize("size,shape", [(2_500_000_000, "llama-1b"), (200 * MiB, "llama-1b"), (24 * MiB, "llama-135m"),
+                                        (2 * MiB, "tiny")])
+def test_the_largest_shape_that_fits_is_chosen(size, shape):
+    assert shape_for(size) == shape
+
+
+def test_a_source_is_generated_once_and_a_truncated_one_is_regenerated(tmp_path):
+    path = safetensors_source(tmp_path, 2 * MiB, seed=3)
+    size, mtime = path.stat().st_size, path.stat().st_mtime_ns
+    assert safetensors_source(tmp_path, 2 * MiB, seed=3).stat().st_mtime_ns == mtime
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    assert safetensors_source(tmp_path, 2 * MiB, seed=3).stat().st_size == size
+
+
+def _child(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_meter_sees_a_process_peak_memory_and_cpu_time():
+    child = _child("import time\nx = bytearray(120 * 1024 * 1024)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
+                   "del x\nend = time.monotonic() + 0.6\nwhile time.monotonic() < end: pass\ntime.sleep(5)")
+    try:
+        meter = Meter(interval=0.05)
+        meter.watch("child", child.pid)
+        with meter:
+            time.sleep(1.5)
+        usage = meter.stop()
+    finally:
+        child.kill()
+        child.wait()
+    assert usage.peak_rss_mib["child"] >= 100  # freed before the end: only a peak tracker sees it
+    assert usage.cpu_seconds["child"] > 0.1
+
+
+def test_duty_cycle_stops_and_always_resumes_the_process():
+    child = _child("import time\ntime.sleep(30)")
+    try:
+        throttle = DutyCycle(child.pid, period=0.05, stopped_fraction=0.5)
+        with throttle:
+            time.sleep(0.4)
+        state = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert throttle.cycles >= 2
+        assert state != "T", "the throttled process was left stopped"
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("argv", [["--only", "put,bogus"], ["--shard-size", "1KiB"],
+                                  ["--sweep-shard-size", ""], ["--nodes", "1"], ["--size", "12"]])
+def test_bad_arguments_are_refused_with_usage_exit(argv, capsys):
+    assert cli.main(argv) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def _result(phase: str, kind: str, mb: float, peak: float = 50.0) -> PhaseResult:
+    return PhaseResult(phase, kind, int(mb * 1e6), 1.0, {"nodes": 1.0}, {"node-0": peak})
+
+
+@pytest.mark.parametrize("put_mb,get_mb,peak,met", [
+    (80, 80, 100, [True, True, True]),
+    (60, 60, 100, [False, False, True]),
+    (80, 80, 400, [True, True, False]),
+])
+def test_aims_compare_phases_with_baselines_of_the_same_run(put_mb, get_mb, peak, met):
+    results = [_result(COPY_ONCE, "baseline", 100), _result(POLICY_COPIES, "baseline", 100),
+               _result("put", "put", put_mb, peak), _result("get", "get", get_mb)]
+    assert [a["met"] for a in aims(results)] == met
+
+
+def _run(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "bench.json"
+    code = cli.main(["--size", "24MiB", "--nodes", "5", "--no-drop-caches", "--verify", "--dir", str(tmp_path),
+                     "--json", str(out), *args])
+    data = json.loads(out.read_text())
+    assert code == 0, data.get("error")
+    return data
+
+
+@pytest.mark.procs
+def test_a_small_run_measures_every_selected_phase(tmp_path):
+    data = _run(tmp_path, "--only", "baselines,put,get,get_2down")
+    phases = {p["phase"]: p for p in data["phases"]}
+    assert list(phases) == [COPY_ONCE, POLICY_COPIES, "put", "get", "get, 1 node down", "get, 2 nodes down"]
+    for p in phases.values():
+        assert p["bytes"] > 20 * MiB and p["seconds"] > 0 and p["mb_s"] > 0
+        assert p["ratio_to_copy_once"] > 0 and p["ratio_to_policy_copies"] > 0
+    for name in ("put", "get", "get, 1 node down", "get, 2 nodes down"):
+        p = phases[name]
+        assert p["cpu_seconds"]["nodes"] > 0 and p["cpu_seconds"]["cli"] > 0
+        live = [v for v in p["peak_rss_mib"].values() if v is not None]
+        assert len(p["peak_rss_mib"]) == 5 and all(v > 10 for v in live)
+    assert phases["get"]["extra"]["verified_against_source"] is True
+    assert phases["get, 2 nodes down"]["extra"]["degraded_stripes"] >= 1
+    assert sum(v is None for v in phases["get, 2 nodes down"]["peak_rss_mib"].values()) == 2
+    assert {a["aim"].split(" >=")[0] for a in data["aims"]} >= {"put", "get"}
+    assert not any(p.name.startswith("run-") for p in tmp_path.iterdir()), "the run directory was left behind"
+
+
+@pytest.mark.procs
+@pytest.mark.slow
+def test_directory_slow_node_and_concurrent_phases(tmp_path):
+    data = _run(tmp_path, "--only", "put,dir,slow,concurrent")
+    phases = {p["phase"]: p for p in data["phases"]}
+    assert set(phases) == {"put", "put directory", "get directory", "put, 1 slow node", "4 puts at once"}
+    slow = phases["put, 1 slow node"]["extra"]
+    assert slow["throttle_cycles"] > 0 and slow["pieces_per_node"][f"node-{slow['throttled_node']}"] > 0
+    assert phases["get directory"]["extra"]["files"] == 6
+    assert all(p["mb_s"] > 0 for p in phases.values())
+
+
+@pytest.mark.procs
+@pytest.mark.slow
+def test_shard_size_sweep(tmp_path):
+    data = _run(tmp_path, "--only", "put", "--sweep-shard-size", "1MiB,4MiB")
+    assert [r["shard_size"] for r in data["sweep"]] == ["1MiB", "4MiB"]
+    assert all(r["put_mb_s"] > 0 and r["get_mb_s"] > 0 and r["put_peak_rss_mib"] > 0 for r in data["sweep"])
+    assert data["sweep"][0]["pieces"] > data["sweep"][1]["pieces"]
