@@ -109,6 +109,7 @@ class ClientSession:
             while True:
                 frame = await self.wire.receive()
                 if frame.header.get("t") == "data" and isinstance(self.source, ClientStream):
+                    # each chunk is copied into the stripe's slabs, then dropped
                     await self.source.feed(frame.header, frame.payload)
                 else:
                     raise CodecError(f"unexpected {frame.header.get('t')!r} frame during an operation")
@@ -126,20 +127,22 @@ class ClientSession:
                     self.daemon.feed(ev.FileRead(effect.op, effect.file_index, self.hasher.digest(effect.file_index)))
                     continue
                 assert self.source is not None
+                buffers = self.daemon.buffers
+                slabs = [buffers.take(effect.shard_lengths[0]) for _ in effect.shard_lengths]
+                shards = [memoryview(slab)[:length] for slab, length in zip(slabs, effect.shard_lengths)]
                 try:
-                    data = await self.source.read(effect.file_index, effect.offset, sum(effect.shard_lengths))
+                    await self.source.read(effect.file_index, effect.offset, shards)
                 except SourceError as err:
                     self.daemon.feed(ev.StripeEncoded(effect.op, effect.stripe, (), (), (), (), error=str(err)))
                     continue
                 # the whole-file hash must see stripes in order; encoding may overlap the next read
-                await trio.to_thread.run_sync(self.hasher.update, effect.file_index, data)
-                encoders.start_soon(self._encode, effect, data)
+                await trio.to_thread.run_sync(self.hasher.update_all, effect.file_index, shards)
+                encoders.start_soon(self._encode, effect, slabs, shards)
 
-    async def _encode(self, effect: ev.EncodeStripe, data: bytearray) -> None:
-        pieces, data_ids, parity_ids = await trio.to_thread.run_sync(
-            encode_stripe, data, effect.shard_lengths, effect.parity
-        )
-        handles = tuple(self.daemon.buffers.add(p) for p in pieces)
+    async def _encode(self, effect: ev.EncodeStripe, slabs: list[bytearray], shards: list[memoryview]) -> None:
+        pieces, data_ids, parity_ids = await trio.to_thread.run_sync(encode_stripe, shards, effect.parity)
+        owners = slabs + [None] * len(parity_ids)
+        handles = tuple(self.daemon.buffers.add(p, owner) for p, owner in zip(pieces, owners))
         self.daemon.feed(ev.StripeEncoded(
             effect.op, effect.stripe, tuple(data_ids), tuple(effect.shard_lengths), tuple(parity_ids), handles,
         ))
@@ -163,9 +166,7 @@ class ClientSession:
                 return
 
     async def send_stripe(self, file_index: int, offset: int, shards: list[Any]) -> None:
-        data = b"".join(bytes(s) if not isinstance(s, (bytes, bytearray)) else s for s in shards) \
-            if len(shards) > 1 else shards[0]
-        await self.wire.send({"t": "stripe", "file": file_index, "offset": offset}, data)
+        await self.wire.send_parts({"t": "stripe", "file": file_index, "offset": offset}, shards)
         self.last_sent = trio.current_time()
 
     async def _reply(self, body: Any) -> None:

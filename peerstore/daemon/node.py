@@ -192,20 +192,27 @@ class Daemon:
         message = effect.message
         header = message.to_header()
         payload, payload_hash = message.payload_blob or None, None
+        piece_file: tuple[str, int] | None = None
         if effect.payload is not None:
-            payload, payload_hash = self.buffers.get(effect.payload), getattr(message, "piece_id", None)
+            payload, payload_hash = self.buffers.borrow(effect.payload), getattr(message, "piece_id", None)
         elif effect.payload_piece is not None:
-            payload = await self._read_piece(effect.payload_piece)
+            piece_file = self._piece_file(effect.payload_piece)
             payload_hash = effect.payload_piece
-            if payload is None:  # vanished since the core looked (deleted or quarantined)
+            if piece_file is None:  # vanished since the core looked (deleted or quarantined)
                 header = msg.PieceData(message.req, piece_id=effect.payload_piece, found=False).to_header()
         is_request = type(message) not in msg.REPLY_TYPES
         started = trio.current_time()
         try:
             wire = await self.peers.connection(effect.peer)
             with trio.fail_after(self.config.transfer.request_timeout):
-                await wire.send(header, payload, payload_hash)
+                if piece_file is not None:
+                    await wire.send_file(header, piece_file[0], piece_file[1], payload_hash)
+                    payload = piece_file  # counted below
+                else:
+                    await wire.send(header, payload, payload_hash)
         except (*DIAL_ERRORS, PeerClosed, trio.ClosedResourceError) as err:
+            if effect.payload is not None:
+                self.buffers.give_back(effect.payload)
             self.metrics.errors.labels("send").inc()
             log.debug("sending %s to %s failed: %s", message.TYPE, effect.peer, err)
             if isinstance(err, trio.TooSlowError) and effect.peer in self.peers.conns:
@@ -213,23 +220,23 @@ class Daemon:
             if is_request:
                 self.feed(ev.PeerUnreachable(effect.peer, message.req))
             return
+        if effect.payload is not None:
+            self.buffers.give_back(effect.payload)
         if payload is not None and payload_hash is not None:
-            self.metrics.bytes_sent.labels(effect.peer).inc(len(payload))
+            size = piece_file[1] if piece_file is not None else len(payload)
+            self.metrics.bytes_sent.labels(effect.peer).inc(size)
             self.metrics.pieces_sent.labels(effect.peer).inc()
             self.metrics.transfer_seconds.observe(trio.current_time() - started)
 
-    async def _read_piece(self, pid: bytes) -> bytes | None:
-        def read() -> bytes | None:
-            try:
-                with open(self.pieces.path_of(pid), "rb") as handle:
-                    return handle.read()
-            except (OSError, StoreError):
-                return None
-
-        return await trio.to_thread.run_sync(read)
+    def _piece_file(self, pid: bytes) -> tuple[str, int] | None:
+        """(path, size) of a held piece, for sendfile; None if it is gone."""
+        try:
+            return str(self.pieces.path_of(pid)), self.pieces.size_of(pid)
+        except StoreError:
+            return None
 
     async def _do_StorePieceLocal(self, effect: ev.StorePieceLocal) -> None:
-        data = self.buffers.get(effect.handle)
+        data = self.buffers.borrow(effect.handle)
         ok, error = False, "payload missing"
         if data is not None:
             async with self.store_limiter:
@@ -242,18 +249,33 @@ class Daemon:
                 except StoreError as err:
                     error = str(err)
                     self.metrics.errors.labels("store").inc()
+            self.buffers.give_back(effect.handle)
         self.feed(ev.PieceStoredLocally(effect.tag, effect.piece_id, ok, error[:200]))
 
     async def _do_LoadPiece(self, effect: ev.LoadPiece) -> None:
-        data = await self._read_piece(effect.piece_id)
-        handle = self.buffers.add(data) if data is not None else None
+        handle = None
+        where = self._piece_file(effect.piece_id)
+        if where is not None:
+            path, size = where
+            slab = self.buffers.take(size)
+
+            def read() -> bool:
+                with open(path, "rb") as source:
+                    return source.readinto(slab) == size
+
+            try:
+                if await trio.to_thread.run_sync(read):
+                    handle = self.buffers.add(slab, owner=slab)
+            except OSError:
+                pass
         self.feed(ev.PieceLoaded(effect.tag, effect.piece_id, handle))
 
     async def _do_VerifyPiece(self, effect: ev.VerifyPiece) -> None:
-        data = self.buffers.get(effect.handle)
+        data = self.buffers.borrow(effect.handle)
         ok = data is not None and await trio.to_thread.run_sync(
             lambda: blake3.blake3(data).digest() == effect.piece_id
         )
+        self.buffers.give_back(effect.handle)
         if not ok:
             self.metrics.errors.labels("corrupt_piece").inc()
         self.feed(ev.PieceVerified(effect.tag, ok))
@@ -284,7 +306,7 @@ class Daemon:
 
     async def deliver(self, session: ClientSession, effect: ev.DeliverStripe) -> None:
         """Send one stripe's data to the client (rebuilding it from parity if needed)."""
-        pieces = {pos: self.buffers.get(handle) for pos, handle in effect.pieces}
+        pieces = {pos: self.buffers.borrow(handle) for pos, handle in effect.pieces}
         try:
             if effect.needs_decode:
                 shards = await trio.to_thread.run_sync(
@@ -298,6 +320,7 @@ class Daemon:
             ok, error = False, str(err)[:200]
         finally:
             for _, handle in effect.pieces:
+                self.buffers.give_back(handle)
                 self.buffers.release(handle)
         self.feed(ev.StripeDelivered(effect.op, effect.stripe, ok, error))
 
@@ -361,13 +384,15 @@ class Daemon:
                         raise CodecError("a piece payload's hash is not its piece id")
                     message = msg.from_header(frame.header)
                     if payload is not None:
-                        handle = self.buffers.add(payload)
+                        handle = self.buffers.add(payload, owner=payload)
                         self.metrics.bytes_received.labels(peer).inc(len(payload))
                         self.metrics.pieces_received.labels(peer).inc()
                 else:
                     if payload is not None and blake3.blake3(payload).digest() != frame.payload_hash:
                         raise CodecError("a payload did not match the hash in its header")
                     message = msg.from_header(frame.header, bytes(payload) if payload is not None else None)
+                    if payload is not None:
+                        self.buffers.pool.give(payload)
             except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             except CodecError as err:

@@ -35,25 +35,25 @@ class LocalFiles:
             return self.root
         return self.root.joinpath(*self.paths[file_index].split("/"))
 
-    async def read(self, file_index: int, offset: int, length: int) -> bytearray:
+    async def read(self, file_index: int, offset: int, buffers: list[memoryview]) -> None:
+        """Fill ``buffers`` (one per shard) from the file, starting at ``offset``."""
         path = self._path(file_index)
+        length = sum(len(b) for b in buffers)
 
-        def read() -> bytearray:
-            buffer = bytearray(length)
+        def read() -> None:
             with open(path, "rb") as handle:
-                if hasattr(os, "posix_fadvise"):
+                if hasattr(os, "posix_fadvise"):  # Linux: read ahead aggressively
                     try:
                         os.posix_fadvise(handle.fileno(), offset, length, os.POSIX_FADV_SEQUENTIAL)
                     except OSError:
                         pass
                 handle.seek(offset)
-                got = handle.readinto(buffer)
-            if got != length:
-                raise SourceError(f"{path} is shorter than when the put started (changed while reading?)")
-            return buffer
+                for buffer in buffers:
+                    if handle.readinto(buffer) != len(buffer):
+                        raise SourceError(f"{path} is shorter than when the put started (changed while reading?)")
 
         try:
-            return await trio.to_thread.run_sync(read)
+            await trio.to_thread.run_sync(read)
         except OSError as err:
             raise SourceError(f"cannot read {path}: {err.strerror}") from err
 
@@ -65,8 +65,14 @@ class ClientStream:
         self.send, self.receive = trio.open_memory_channel[tuple[int, int, Any]](4)
         self.pending: tuple[int, int, memoryview] | None = None
 
-    async def read(self, file_index: int, offset: int, length: int) -> bytearray:
-        buffer = bytearray(length)
+    async def read(self, file_index: int, offset: int, buffers: list[memoryview]) -> None:
+        """Fill ``buffers`` (one per shard) from the stream, which must be at ``offset``."""
+        for buffer in buffers:
+            await self._read_into(file_index, offset, buffer)
+            offset += len(buffer)
+
+    async def _read_into(self, file_index: int, offset: int, buffer: memoryview) -> None:
+        length = len(buffer)
         got = 0
         while got < length:
             if self.pending is None:
@@ -84,7 +90,6 @@ class ClientStream:
             buffer[got: got + take] = view[:take]
             got += take
             self.pending = (f, o + take, view[take:]) if take < len(view) else None
-        return buffer
 
     async def feed(self, header: dict[str, Any], payload: Any) -> None:
         f, o = cp.parse_position(header)
@@ -100,17 +105,16 @@ class FileHasher:
     def update(self, file_index: int, data: Any) -> None:
         self._hashers.setdefault(file_index, blake3.blake3(max_threads=1)).update(data)
 
+    def update_all(self, file_index: int, parts: list[Any]) -> None:
+        for part in parts:
+            self.update(file_index, part)
+
     def digest(self, file_index: int) -> bytes:
         return self._hashers.pop(file_index, blake3.blake3()).digest()
 
 
-def encode_stripe(data: bytearray, shard_lengths: tuple[int, ...], parity: int) -> tuple[list[Any], list[bytes], list[bytes]]:
-    """Cut ``data`` into shards, hash them, compute and hash parity. Runs in a thread."""
-    view = memoryview(data)
-    shards, offset = [], 0
-    for length in shard_lengths:
-        shards.append(view[offset: offset + length])
-        offset += length
+def encode_stripe(shards: list[memoryview], parity: int) -> tuple[list[Any], list[bytes], list[bytes]]:
+    """Hash the shards, compute and hash parity. Runs in a worker thread."""
     parity_chunks = encode_parity(shards, parity) if parity else []
     data_ids = [piece_id(s) for s in shards]
     parity_ids = [piece_id(c) for c in parity_chunks]

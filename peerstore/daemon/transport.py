@@ -9,7 +9,9 @@ content-addressed and will be verified against its piece id anyway.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import select
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,76 @@ log = logging.getLogger("peerstore.transport")
 
 RECEIVE_SIZE = 256 * 1024
 HASH_IN_THREAD = 1024 * 1024  # hash payloads at least this big in a worker thread
+# Payloads at least this big are moved by a worker thread: on loopback and fast LANs the
+# kernel copy of a send dominates, and it must not stall the trio thread.
+THREAD_IO = 256 * 1024
+IO_TIMEOUT = 60.0
+io_threads = trio.CapacityLimiter(16)
+
+
+def _wait(fd: int, event: int, deadline: float, clock: Any) -> None:
+    poller = select.poll()
+    poller.register(fd, event)
+    left = deadline - clock()
+    if left <= 0 or not poller.poll(left * 1000):
+        raise TimeoutError("socket stalled")
+
+
+def blocking_send(fd: int, data: Any, timeout: float = IO_TIMEOUT) -> None:
+    """Write all of ``data`` to a non-blocking socket fd from a worker thread."""
+    import time
+
+    view = memoryview(data).cast("B")
+    deadline = time.monotonic() + timeout
+    while view:
+        try:
+            sent = os.write(fd, view)
+        except BlockingIOError:
+            _wait(fd, select.POLLOUT, deadline, time.monotonic)
+            continue
+        view = view[sent:]
+
+
+def blocking_sendfile(fd: int, path: str, size: int, timeout: float = IO_TIMEOUT) -> None:
+    """Send ``size`` bytes of a file with sendfile (no user-space copy), else read+write."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    with open(path, "rb") as source:
+        if os.fstat(source.fileno()).st_size != size:
+            raise OSError(f"{path} changed size")
+        offset = 0
+        if hasattr(os, "sendfile"):
+            while offset < size:
+                try:
+                    sent = os.sendfile(fd, source.fileno(), offset, size - offset)
+                except BlockingIOError:
+                    _wait(fd, select.POLLOUT, deadline, time.monotonic)
+                    continue
+                except OSError:
+                    break  # e.g. a file system without sendfile support: copy the rest
+                if sent == 0:
+                    raise OSError(f"{path} shrank while being sent")
+                offset += sent
+        if offset < size:
+            source.seek(offset)
+            blocking_send(fd, source.read(size - offset), max(0.0, deadline - time.monotonic()))
+
+
+def blocking_receive(fd: int, view: memoryview, timeout: float = IO_TIMEOUT) -> None:
+    """Fill ``view`` from a non-blocking socket fd from a worker thread."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while view:
+        try:
+            got = os.readv(fd, [view])
+        except BlockingIOError:
+            _wait(fd, select.POLLIN, deadline, time.monotonic)
+            continue
+        if got == 0:
+            raise EOFError("closed in the middle of a payload")
+        view = view[got:]
 
 
 class PeerClosed(Exception):
@@ -96,15 +168,51 @@ class WireStream:
             payload_hash = await hash_payload(payload)
         async with self.send_lock:
             prefix = self.conn.send_message(header, size, payload_hash if size else None)
-            if size and size <= 64 * 1024:
-                await self.stream.send_all(prefix + bytes(payload))
+            if size < THREAD_IO:
+                await self.stream.send_all(prefix + bytes(payload) if size else prefix)
                 return
             await self.stream.send_all(prefix)
-            if size:
-                await self.stream.send_all(memoryview(payload).cast("B"))
+            await self._in_thread(blocking_send, memoryview(payload).cast("B"))
 
-    async def receive(self, *, verify: bool = True) -> Frame:
-        """The next frame with its whole payload. Raises PeerClosed at EOF."""
+    async def send_parts(self, header: dict[str, Any], parts: list[Any]) -> None:
+        """Send one frame whose payload is ``parts`` back to back (no joining copy)."""
+        views = [memoryview(part).cast("B") for part in parts]
+        size = sum(len(v) for v in views)
+
+        def digest() -> bytes:
+            hasher = blake3.blake3()
+            for view in views:
+                hasher.update(view)
+            return hasher.digest()
+
+        payload_hash = await trio.to_thread.run_sync(digest)
+        async with self.send_lock:
+            await self.stream.send_all(self.conn.send_message(header, size, payload_hash))
+            for view in views:
+                if len(view) < THREAD_IO:
+                    await self.stream.send_all(view)
+                else:
+                    await self._in_thread(blocking_send, view)
+
+    async def send_file(self, header: dict[str, Any], path: str, size: int, payload_hash: bytes) -> None:
+        """Send one frame whose payload is a whole file, with sendfile where possible."""
+        async with self.send_lock:
+            await self.stream.send_all(self.conn.send_message(header, size, payload_hash))
+            await self._in_thread(blocking_sendfile, path, size)
+
+    async def _in_thread(self, function: Any, *args: Any) -> None:
+        """Run blocking socket I/O in a worker thread. A stall or a failure part-way
+        leaves the stream out of step, so the connection is closed."""
+        try:
+            async with io_threads:
+                await trio.to_thread.run_sync(function, self.stream.socket.fileno(), *args)
+        except (OSError, EOFError, TimeoutError) as err:
+            await self.aclose()
+            raise PeerClosed(str(err)) from err
+
+    async def receive(self, *, verify: bool = True, alloc: Any = bytearray) -> Frame:
+        """The next frame with its whole payload (in a buffer from ``alloc(size)``).
+        Raises PeerClosed at EOF."""
         while True:
             event = self.conn.next_event()
             if event is None:
@@ -116,13 +224,15 @@ class WireStream:
             if isinstance(event, Message):
                 payload = None
                 if event.payload_len:
-                    payload = await self._read_payload(event.payload_len)
+                    payload = await self._read_payload(event.payload_len, alloc)
                     if verify and await hash_payload(payload) != event.payload_hash:
                         raise CodecError("a payload did not match the hash in its header")
                 return Frame(event.header, payload, event.payload_hash)
 
-    async def _read_payload(self, size: int) -> bytearray:
-        buffer = bytearray(size)
+    async def _read_payload(self, size: int, alloc: Any) -> bytearray:
+        """The payload, into one preallocated buffer: first what the codec already
+        buffered, then the rest straight from the socket."""
+        buffer = alloc(size)
         view = memoryview(buffer)
         got = 0
         while True:
@@ -131,16 +241,18 @@ class WireStream:
                 break
             view[got: got + len(chunk)] = chunk
             got += len(chunk)
-        external = 0
-        sock = self.stream.socket
-        while got < size:
-            n = await sock.recv_into(view[got:], size - got)
-            if n == 0:
-                raise PeerClosed("closed in the middle of a payload")
-            got += n
-            external += n
-        if external:
-            self.conn.payload_received_externally(external)
+        direct = size - got
+        if direct >= THREAD_IO:
+            await self._in_thread(blocking_receive, view[got:])
+        else:
+            sock = self.stream.socket
+            while got < size:
+                n = await sock.recv_into(view[got:], size - got)
+                if n == 0:
+                    raise PeerClosed("closed in the middle of a payload")
+                got += n
+        if direct:
+            self.conn.payload_received_externally(direct)
         end = self.conn.next_event()
         if not isinstance(end, PayloadEnd):  # pragma: no cover - codec invariant
             raise CodecError("payload framing out of step")
