@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from peerstore.config import Config, config_from_mapping, load_config, parse_hos
 from peerstore.durable import write_file_atomic
 from peerstore.errors import ConfigError, InvalidNameError, PeerstoreError
 from peerstore.names import parse_spec
+from peerstore.netaddr import detect_address
 from peerstore.progress import Progress, human_size
 
 EXIT_OK = 0
@@ -410,16 +410,8 @@ def _validate_written(text: str, output: Path) -> Config:
 
 
 def _this_host() -> str:
-    """This machine's address as other machines on the LAN likely see it (no packet is sent)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
-            address = s.getsockname()[0]
-            if address and not address.startswith("0."):
-                return address
-    except OSError:
-        pass
-    return socket.gethostname() or "THIS-MACHINE"
+    """This machine's address as other machines on the LAN likely see it."""
+    return detect_address()
 
 
 def cmd_put(args: argparse.Namespace) -> int:

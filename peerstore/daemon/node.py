@@ -34,6 +34,7 @@ from peerstore.ec import decode_data
 from peerstore.errors import AuthError, CodecError, DiskFullError, FormatError, PeerstoreError, StoreError
 from peerstore.identity import NodeIdentity
 from peerstore.manifest import Catalog
+from peerstore.netaddr import detect_address
 from peerstore.store import MetaStore, PieceStore
 from peerstore.wire import client_protocol as cp
 from peerstore.wire import messages as msg
@@ -437,23 +438,6 @@ class Daemon:
 
     def data_dir(self) -> Path:
         return self.config.data_dir
-
-
-def detect_address(listen_host: str) -> str:
-    """The address other machines reach us at: the listen host if it is specific,
-    else this machine's first non-loopback IPv4 address (127.0.0.1 if it has none)."""
-    if listen_host not in ("0.0.0.0", "::", ""):
-        return listen_host
-    try:
-        import ifaddr
-
-        for adapter in ifaddr.get_adapters():
-            for ip in adapter.ips:
-                if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
-                    return ip.ip
-    except Exception:  # pragma: no cover - interface enumeration is best effort
-        log.warning("could not list network interfaces; advertising 127.0.0.1 (set advertise_host)")
-    return "127.0.0.1"
 
 
 def _peer_address(wire: WireStream) -> tuple[str, int]:
