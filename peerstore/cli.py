@@ -322,9 +322,11 @@ def format_status(status: dict, where: str) -> str:
                 m = {"id": str(m)}
             node = str(m.get("id") or m.get("node_id") or "?") + (" (this node)" if m.get("self") else "")
             contact = m.get("last_contact")
+            incarnation = m.get("incarnation")
             rows.append([node, str(m.get("address") or m.get("addr") or "-"), str(m.get("state") or "-"),
+                         str(incarnation) if isinstance(incarnation, int) else "-",
                          f"{contact:g} s ago" if isinstance(contact, (int, float)) and not m.get("self") else "-"])
-        lines += ["", format_table(["NODE", "ADDRESS", "STATE", "LAST CONTACT"], rows)]
+        lines += ["", format_table(["NODE", "ADDRESS", "STATE", "INCARNATION", "LAST CONTACT"], rows, right=(3,))]
     checkpoints = status.get("checkpoints") or []
     if checkpoints:
         rows = []

@@ -50,6 +50,11 @@ class SnapshotCollector:
         for state, count in sorted(counts.items()):
             members.add_metric([state], count)
         yield members
+        health = GaugeMetricFamily(
+            "peerstore_local_health", "Lifeguard local health score (0 is healthy; higher slows probing)"
+        )
+        health.add_metric([], snap.get("local_health", 0))
+        yield health
         checkpoints = GaugeMetricFamily(
             "peerstore_checkpoints", "Checkpoint versions in the catalog by tolerance at commit",
             labels=["tolerance"],

@@ -423,6 +423,7 @@ class Daemon:
             self.metrics.snapshot.snapshot = {
                 "pieces": count, "bytes": size, "buffered": self.buffers.bytes,
                 "members": self.membership.state_counts() if self.membership else {},
+                "local_health": self.membership.swim.local_health if self.membership else 0,
                 "tolerance": dict(tolerance), "min_tolerance": self.config.policy.min_tolerance,
                 "core": {**dict(self.core.stats),
                          **{f"gossip_{k}": v for k, v in (self.membership.swim.stats.items() if self.membership else ())},
