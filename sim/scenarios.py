@@ -1,294 +1,677 @@
-"""Named failure scenarios over the in-memory cluster, each a pure function of its seed.
+"""Named failure scenarios, each a pure function of its seed.
 
-Every scenario returns a ``Result`` listing invariant violations (empty means it passed);
-tests run a fixed sample of seeds, ``python -m sim.sweep`` runs hundreds.
+A scenario is a function of a :class:`Run` (a fresh cluster, a seeded RNG, helpers for
+puts, gets and faults) registered with ``@scenario``. It does its operations and faults;
+the framework then lifts every transient fault and checks the invariants of
+``sim.invariants``. Adding one:
+
+    @scenario(nodes=5)
+    def my_failure(run: Run) -> None:
+        \"\"\"What goes wrong.\"\"\"
+        put = run.put(wait=False)
+        run.later(run.rng.uniform(0, 0.02), run.cluster.crash, run.pick())
+        run.wait(put)
+
+``run(name, seed)`` returns a :class:`Result`; ``python -m sim.chaos`` runs them.
 """
 
 from __future__ import annotations
 
-import random
+import time
+import traceback
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
-from peerstore.core import events as ev
+from peerstore.core.membership import boot_incarnation
 from peerstore.core.node import NodeCore
-from sim.harness import ClientRecord, Cluster, FileModel
+from sim.cluster import ClientRecord, Cluster
+from sim.content import FileModel
+from sim.disk import SD_CARD
+from sim.invariants import HANG_BOUND, Report, final_checks
+from sim.network import NIC_100MBIT
+
+OP_BOUND = 600.0  # virtual seconds any single operation may take in a scenario
 
 
 @dataclass
 class Result:
     name: str
     seed: int
+    nodes: int = 0
     violations: list[str] = field(default_factory=list)
     digest: str = ""
     operations: int = 0
+    faults: int = 0
     virtual_time: float = 0.0
+    wall_time: float = 0.0
     notes: list[str] = field(default_factory=list)
+    fault_log: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
-
-SCENARIOS: dict[str, Callable[..., Result]] = {}
-
-
-def scenario(func: Callable[..., Result]) -> Callable[..., Result]:
-    SCENARIOS[func.__name__.replace("_", "-")] = func
-    return func
+    @property
+    def reproduce(self) -> str:
+        return f"python -m sim.chaos --scenario {self.name} --seed {self.seed} --nodes {self.nodes}"
 
 
-def random_checkpoint(rng: random.Random, shard: int, *, files: int | None = None) -> list[FileModel]:
-    """A directory-like checkpoint: a big model file, small JSON files, maybe an empty one."""
-    count = files if files is not None else rng.randint(1, 3)
-    out = [FileModel.generate("model.safetensors", rng.randint(shard, shard * 14), shard, seed=rng.random())]
-    for i in range(1, count):
-        size = rng.choice([0, rng.randint(1, shard // 2), rng.randint(shard, shard * 5)])
-        out.append(FileModel.generate(f"extra-{i}.bin", size, shard, seed=rng.random()))
-    return out
+class Run:
+    """One scenario run: the cluster, a seeded RNG, and helpers that keep the books."""
+
+    def __init__(self, name: str, seed: int, nodes: int, cluster_options: dict[str, Any]):
+        self.name = name
+        self.cluster = Cluster(nodes, seed, **cluster_options)
+        self.rng = self.cluster.seeds.rng("scenario", name)
+        self.report = Report()
+        self.scheduled = 0
+        self._names = 0
+
+    # -- choosing ------------------------------------------------------------------------
+
+    @property
+    def ids(self) -> list[str]:
+        return self.cluster.ids
+
+    def pick(self, *, exclude: tuple[str, ...] | set[str] = (), running: bool = True) -> str:
+        choices = [i for i in self.ids if i not in exclude and (not running or self.cluster.nodes[i].running)]
+        return self.rng.choice(choices)
+
+    def checkpoint(self, *, files: int | None = None, max_shards: int = 14) -> list[FileModel]:
+        """A directory-like checkpoint: a big model file, small JSON files, maybe an empty one."""
+        rng, shard = self.rng, self.cluster.settings.policy.shard_size
+        count = files if files is not None else rng.randint(1, 3)
+        out = [FileModel.generate("model.safetensors", rng.randint(shard, shard * max_shards), shard, seed=rng.random())]
+        for i in range(1, count):
+            size = rng.choice([0, rng.randint(1, shard // 2), rng.randint(shard, shard * 5)])
+            out.append(FileModel.generate(f"extra-{i}.bin", size, shard, seed=rng.random()))
+        return out
+
+    # -- operations ----------------------------------------------------------------------
+
+    def put(self, via: str | None = None, name: str | None = None, files: list[FileModel] | None = None,
+            *, wait: bool = True) -> ClientRecord:
+        if name is None:
+            self._names += 1
+            name = f"run/ckpt-{self._names}"
+        files = files if files is not None else self.checkpoint()
+        client = self.cluster.put(via or self.pick(), name, files, is_dir=len(files) > 1)
+        self.report.operations += 1
+        record = self.cluster.clients[client]
+        if wait:
+            self.wait(record)
+        return record
+
+    def get(self, spec: str, via: str | None = None, *, wait: bool = True) -> ClientRecord:
+        client = self.cluster.get(via or self.pick(), spec)
+        self.report.operations += 1
+        record = self.cluster.clients[client]
+        if wait:
+            self.wait(record)
+        return record
+
+    def expect_get(self, spec: str, why: str, via: str | None = None) -> ClientRecord:
+        record = self.get(spec, via)
+        if record.done and not record.ok:
+            self.violation(f"{why}: get {spec} via {record.node[:4]} failed: {record.final}")
+        return record
+
+    def wait(self, *records: ClientRecord, max_time: float = OP_BOUND) -> bool:
+        finished = self.cluster.loop.run(lambda: all(r.done for r in records), max_time=self.cluster.loop.now + max_time)
+        if not finished:
+            self.violation(f"operation hung: {[f'{r.kind} {r.name}' for r in records if not r.done]} "
+                           f"not answered within {max_time:.0f}s")
+        return finished
+
+    def settle(self, max_time: float = 60.0) -> bool:
+        """Wait until memberships agree (a user waits for `peerstore status` after a restart)."""
+        return self.cluster.run_until(self.cluster.converged, max_time=max_time, step=0.25)
+
+    # -- faults and time -----------------------------------------------------------------
+
+    def later(self, delay: float, action: Callable[..., None], *args: Any) -> None:
+        """Run ``action(*args)`` after ``delay`` virtual seconds (a scheduled fault)."""
+        self.scheduled += 1
+
+        def fire() -> None:
+            self.scheduled -= 1
+            action(*args)
+
+        self.cluster.loop.after(delay, fire)
+
+    def drain(self, max_time: float = 300.0) -> None:
+        """Let every scheduled fault happen before the final checks lift them."""
+        self.cluster.run_until(lambda: self.scheduled == 0, max_time=max_time, step=1.0)
+
+    def run_for(self, seconds: float) -> None:
+        self.cluster.run_for(seconds)
+
+    def violation(self, message: str) -> None:
+        self.report.violation(message)
+
+    def note(self, message: str) -> None:
+        self.report.note(message)
 
 
-def check_get(cluster: Cluster, node: str, spec: str, result: Result, why: str) -> ClientRecord:
-    [record] = cluster.wait(cluster.get(node, spec))
-    result.operations += 1
-    if not record.ok:
-        result.violations.append(f"{why}: get {spec} via {node[:4]} failed: {record.final}")
-    return record
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    func: Callable[[Run], None]
+    nodes: int
+    doc: str
+    options: dict[str, Any]
+
+    def __call__(self, seed: int, **kw: Any) -> Result:
+        return run(self.name, seed, **kw)
 
 
-def finish(cluster: Cluster, result: Result) -> Result:
-    result.violations.extend(cluster.violations)
-    result.digest = cluster.loop.digest
-    result.virtual_time = cluster.loop.now
-    if result.violations:
-        result.violations.append(f"reproduce with seed={result.seed} (scenario {result.name})")
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(nodes: int = 5, **cluster_options: Any) -> Callable[[Callable[[Run], None]], Callable[[Run], None]]:
+    """Register a scenario under its function name with dashes (``frozen_node`` ->
+    ``frozen-node``); ``cluster_options`` go to ``Cluster``."""
+
+    def register(func: Callable[[Run], None]) -> Callable[[Run], None]:
+        name = func.__name__.replace("_", "-")
+        doc = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())
+        SCENARIOS[name] = Scenario(name, func, nodes, doc, cluster_options)
+        return func
+
+    return register
+
+
+def run(name: str, seed: int, *, nodes: int | None = None, core_class: type[NodeCore] = NodeCore,
+        incarnation: Callable[[int], int] = boot_incarnation, final: bool = True) -> Result:
+    """Run scenario ``name`` with ``seed``; the Result lists every invariant violation."""
+    spec = SCENARIOS[name]
+    count = nodes if nodes is not None else spec.nodes
+    result = Result(name, seed, count)
+    started = time.monotonic()
+    options = {**spec.options, "core_class": core_class, "incarnation": incarnation}
+    the_run: Run | None = None
+    try:
+        the_run = Run(name, seed, count, options)
+        spec.func(the_run)
+        the_run.drain()
+        if final:
+            final_checks(the_run.cluster, the_run.rng, the_run.report)
+    except Exception as err:  # a crash of the simulator or of the core is a finding too
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        result.violations.append(f"exception {type(err).__name__}: {err} (at {where.filename}:{where.lineno})")
+    if the_run is not None:
+        cluster = the_run.cluster
+        result.violations[:0] = cluster.violations + the_run.report.violations
+        result.notes = the_run.report.notes
+        result.operations = the_run.report.operations
+        result.faults = len(cluster.faults)
+        result.fault_log = [f"{t:9.3f}s {what}" for t, what in cluster.faults]
+        result.digest = cluster.loop.digest
+        result.virtual_time = cluster.loop.now
+    result.wall_time = time.monotonic() - started
     return result
 
 
-def _setup(name: str, seed: int, n: int = 5, core_class: type[NodeCore] = NodeCore, **kw) -> tuple[Cluster, random.Random, Result]:
-    cluster = Cluster(n, seed, core_class=core_class, **kw)
-    return cluster, random.Random(f"{name}:{seed}"), Result(name, seed)
+# -- the scenarios ------------------------------------------------------------------------
 
 
-def _put(cluster: Cluster, rng: random.Random, result: Result, name: str = "run/ckpt",
-         node: str | None = None) -> ClientRecord:
-    files = random_checkpoint(rng, cluster.settings.policy.shard_size)
-    [record] = cluster.wait(cluster.put(node or rng.choice(cluster.ids), name, files, is_dir=len(files) > 1))
-    result.operations += 1
-    return record
-
-
-@scenario
-def roundtrip(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
-    cluster, rng, result = _setup("roundtrip", seed, core_class=core_class)
-    put = _put(cluster, rng, result)
+@scenario()
+def roundtrip(r: Run) -> None:
+    """Healthy cluster: put, then get through another node."""
+    put = r.put()
     if not put.ok:
-        result.violations.append(f"healthy put failed: {put.final}")
-    else:
-        check_get(cluster, rng.choice(cluster.ids), "run/ckpt", result, "healthy cluster")
-    return finish(cluster, result)
+        r.violation(f"healthy put failed: {put.final}")
 
 
-@scenario
-def one_node_dead(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
-    cluster, rng, result = _setup("one-node-dead", seed, core_class=core_class)
-    put = _put(cluster, rng, result)
+@scenario()
+def one_node_dead(r: Run) -> None:
+    """A node crashes after a put; a get through a survivor returns the checkpoint."""
+    put = r.put()
     if put.ok:
-        dead = rng.choice(cluster.ids)
-        cluster.crash(dead)
-        check_get(cluster, rng.choice([i for i in cluster.ids if i != dead]), "run/ckpt", result, "one node dead")
-    return finish(cluster, result)
+        dead = r.pick()
+        r.cluster.crash(dead, power_off=r.rng.random() < 0.5)
+        r.expect_get(put.name, "one node dead", via=r.pick(exclude={dead}))
 
 
-@scenario
-def double_failure_get(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
-    """Kill both holders of one data shard, so that stripe needs parity."""
-    cluster, rng, result = _setup("double-failure-get", seed, core_class=core_class)
-    put = _put(cluster, rng, result)
-    if put.ok:
-        manifest = cluster.manifest_of(put)
-        hint = rng.choice(manifest.placement)
-        shard = rng.randrange((len(hint) - manifest.policy.parity) // 2)
-        dead = {hint[2 * shard], hint[2 * shard + 1]}
-        for node in sorted(dead):
-            cluster.crash(node)
-        via = rng.choice([i for i in cluster.ids if i not in dead])
-        record = check_get(cluster, via, "run/ckpt", result, f"two holders of a shard dead (tolerance {put.final.tolerance})")
-        if record.ok and record.final.degraded_stripes == 0:
-            result.violations.append("expected at least one stripe rebuilt from parity")
-    return finish(cluster, result)
-
-
-@scenario
-def frozen_node(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
-    cluster, rng, result = _setup("frozen-node", seed, core_class=core_class)
-    put = _put(cluster, rng, result)
-    if put.ok:
-        frozen = rng.choice(cluster.ids)
-        cluster.freeze(frozen)
-        start = cluster.loop.now
-        check_get(cluster, rng.choice([i for i in cluster.ids if i != frozen]), "run/ckpt", result, "one node frozen")
-        bound = 3 * cluster.settings.request_timeout
-        if cluster.loop.now - start > bound:
-            result.violations.append(f"get with a frozen node took {cluster.loop.now - start:.1f}s > {bound}s")
-    return finish(cluster, result)
-
-
-@scenario
-def bitrot(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
-    """Corrupt a piece on one node (a few of them, on distinct pieces)."""
-    cluster, rng, result = _setup("bitrot", seed, core_class=core_class)
-    put = _put(cluster, rng, result)
-    if put.ok:
-        manifest = cluster.manifest_of(put)
-        _, _, stripe = rng.choice(list(manifest.iter_stripes()))
-        for pid in rng.sample(list(stripe.data_ids), min(2, stripe.k)):
-            cluster.corrupt(rng.choice(cluster.holders(pid)), pid)
-        record = check_get(cluster, rng.choice(cluster.ids), "run/ckpt", result, "corrupt pieces")
-        if record.ok and record.final.fallbacks == 0 and record.final.degraded_stripes == 0:
-            result.notes.append("the corrupt copies were not on the first-choice path")
-    return finish(cluster, result)
-
-
-@scenario
-def put_while_node_down(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
-    cluster, rng, result = _setup("put-while-node-down", seed, core_class=core_class)
-    dead = rng.choice(cluster.ids)
-    cluster.crash(dead)
-    put = _put(cluster, rng, result, node=rng.choice([i for i in cluster.ids if i != dead]))
+@scenario()
+def double_failure_get(r: Run) -> None:
+    """Both holders of one data shard die, so a stripe must be rebuilt from parity."""
+    put = r.put()
     if not put.ok:
-        result.violations.append(f"put with 4 of 5 nodes up failed: {put.final}")
+        return
+    manifest = r.cluster.manifest_of(put)
+    hint = r.rng.choice(manifest.placement)
+    shard = r.rng.randrange((len(hint) - manifest.policy.parity) // 2)
+    dead = {hint[2 * shard], hint[2 * shard + 1]}
+    for node in sorted(dead):
+        r.cluster.crash(node, power_off=r.rng.random() < 0.5)
+    record = r.expect_get(put.name, f"two holders of a shard dead (tolerance {put.final.tolerance})",
+                          via=r.pick(exclude=dead))
+    if record.ok and record.final.degraded_stripes == 0:
+        r.violation("expected at least one stripe rebuilt from parity")
+
+
+@scenario()
+def frozen_node(r: Run) -> None:
+    """A node freezes (accepts connections, never answers): a get costs a bounded wait."""
+    put = r.put()
+    if not put.ok:
+        return
+    frozen = r.pick()
+    r.cluster.freeze(frozen)
+    start = r.cluster.loop.now
+    r.expect_get(put.name, "one node frozen", via=r.pick(exclude={frozen}))
+    bound = 3 * r.cluster.settings.request_timeout
+    if r.cluster.loop.now - start > bound:
+        r.violation(f"get with a frozen node took {r.cluster.loop.now - start:.1f}s > {bound}s")
+
+
+@scenario()
+def bitrot(r: Run) -> None:
+    """Bits flip in stored pieces (two data shards of a stripe, one copy each)."""
+    put = r.put()
+    if not put.ok:
+        return
+    manifest = r.cluster.manifest_of(put)
+    _, _, stripe = r.rng.choice(list(manifest.iter_stripes()))
+    for pid in r.rng.sample(sorted(set(stripe.data_ids)), min(2, len(set(stripe.data_ids)))):
+        r.cluster.corrupt(r.rng.choice(r.cluster.holders(pid)), pid)
+    record = r.expect_get(put.name, "corrupt pieces")
+    if record.ok and record.final.fallbacks == 0 and record.final.degraded_stripes == 0:
+        r.note("the corrupt copies were not on the first-choice path")
+
+
+@scenario()
+def put_while_node_down(r: Run) -> None:
+    """A node is dead (not yet detected) when a put starts: it is placed around."""
+    dead = r.pick()
+    r.cluster.crash(dead)
+    put = r.put(via=r.pick(exclude={dead}))
+    if not put.ok:
+        r.violation(f"put with 4 of 5 nodes up failed: {put.final}")
+        return
+    if put.final.tolerance < 2:
+        r.violation(f"4 live nodes should give tolerance 2, got {put.final.tolerance}")
+    if any(dead in hint for hint in r.cluster.manifest_of(put).placement):
+        r.violation("a piece was placed on the dead node")
+    r.cluster.restart(dead)
+    r.settle()
+    r.expect_get(put.name, "get via the restarted node", via=dead)
+
+
+@scenario()
+def crash_during_put(r: Run) -> None:
+    """A target node crashes at a random moment of a put, sometimes between a write and
+    its fsync (a torn write). The put commits with the policy met, or fails cleanly."""
+    coordinator = r.pick()
+    victim = r.pick(exclude={coordinator})
+    put = r.put(via=coordinator, wait=False)
+    if r.rng.random() < 0.3:
+        r.cluster.crash_mid_write(victim)
     else:
-        if put.final.tolerance < 2:
-            result.violations.append(f"4 live nodes should give tolerance 2, got {put.final.tolerance}")
-        manifest = cluster.manifest_of(put)
-        if any(dead in hint for hint in manifest.placement):
-            result.violations.append("a piece was placed on the dead node")
-        cluster.restart(dead)
-        check_get(cluster, dead, "run/ckpt", result, "get via the restarted node")
-    return finish(cluster, result)
-
-
-@scenario
-def crash_during_put(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
-    """A target node crashes at a random moment of a put. The put must either commit with
-    the policy met (checked at success) or fail; a committed put must be restorable."""
-    cluster, rng, result = _setup("crash-during-put", seed, core_class=core_class)
-    coordinator = rng.choice(cluster.ids)
-    victim = rng.choice([i for i in cluster.ids if i != coordinator])
-    files = random_checkpoint(rng, cluster.settings.policy.shard_size)
-    client = cluster.put(coordinator, "run/ckpt", files, is_dir=len(files) > 1)
-    cluster.loop.after(rng.uniform(0, 0.02), cluster.crash, victim)
-    [put] = cluster.wait(client)
-    cluster.run_for(0.05)  # the crash happens even when the put was faster
-    result.operations += 1
+        r.later(r.rng.uniform(0, 0.02), r.cluster.crash, victim)
+    r.wait(put)
+    r.run_for(0.05)
     if put.ok:
-        check_get(cluster, coordinator, "run/ckpt", result, "after a target crashed mid-put")
-        cluster.restart(victim)
-        check_get(cluster, victim, "run/ckpt", result, "via the restarted victim")
-    else:
-        _nothing_visible(cluster, "run/ckpt", result)
-    return finish(cluster, result)
+        r.expect_get(put.name, "after a target crashed mid-put", via=coordinator)
+        r.cluster.restart(victim)
+        r.settle()
+        r.expect_get(put.name, "via the restarted victim", via=victim)
 
 
-@scenario
-def coordinator_dies_mid_put(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
+@scenario()
+def coordinator_dies_mid_put(r: Run) -> None:
     """The coordinator crashes at a random moment: no node may show a checkpoint that
-    cannot be restored."""
-    cluster, rng, result = _setup("coordinator-dies-mid-put", seed, core_class=core_class)
-    coordinator = rng.choice(cluster.ids)
-    files = random_checkpoint(rng, cluster.settings.policy.shard_size)
-    client = cluster.put(coordinator, "run/ckpt", files, is_dir=len(files) > 1)
-    cluster.loop.after(rng.uniform(0, 0.02), cluster.crash, coordinator)
-    [put] = cluster.wait(client)
-    cluster.run_for(30.0)
-    result.operations += 1
-    others = [i for i in cluster.ids if i != coordinator]
-    visible = [n for n in others if cluster.nodes[n].core.catalog.latest("run/ckpt") is not None]
+    cannot be restored (checked at the end), and a committed one is not lost."""
+    coordinator = r.pick()
+    put = r.put(via=coordinator, wait=False)
+    power_off = r.rng.random() < 0.5
+    r.later(r.rng.uniform(0, 0.03), lambda: r.cluster.crash(coordinator, power_off=power_off))
+    r.wait(put)
+    r.run_for(30.0)
     if put.ok:
-        result.notes.append("the put committed before the coordinator crashed")
+        r.note("the put committed before the coordinator crashed")
+        visible = [n for n in r.cluster.running_ids() if r.cluster.nodes[n].core.catalog.latest(put.name)]
         if not visible:
-            result.violations.append("a committed put is not visible on any surviving node")
-    for node in visible[:1]:
-        check_get(cluster, node, "run/ckpt", result, "visible after the coordinator died")
-    return finish(cluster, result)
+            r.violation("a committed put is not visible on any surviving node")
 
 
-@scenario
-def concurrent_same_name(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
+@scenario()
+def concurrent_same_name(r: Run) -> None:
     """Two coordinators put the same name at once: two versions, one deterministic latest."""
-    cluster, rng, result = _setup("concurrent-same-name", seed, core_class=core_class)
-    a, b = rng.sample(cluster.ids, 2)
-    shard = cluster.settings.policy.shard_size
-    c1 = cluster.put(a, "run/ckpt", random_checkpoint(rng, shard, files=1))
-    c2 = cluster.put(b, "run/ckpt", random_checkpoint(rng, shard, files=1))
-    p1, p2 = cluster.wait(c1, c2)
-    result.operations += 2
+    a, b = r.rng.sample(r.ids, 2)
+    p1 = r.put(via=a, name="run/same", files=r.checkpoint(files=1), wait=False)
+    p2 = r.put(via=b, name="run/same", files=r.checkpoint(files=1), wait=False)
+    r.wait(p1, p2)
     if not (p1.ok and p2.ok):
-        result.violations.append(f"concurrent puts failed: {p1.final} / {p2.final}")
-        return finish(cluster, result)
-    cluster.run_for(1.0)
-    latest = {n: cluster.nodes[n].core.catalog.latest("run/ckpt") for n in cluster.ids}
-    versions = {e.version for e in latest.values() if e}
-    if len(versions) != 1:
-        result.violations.append(f"nodes disagree on the latest version: {versions}")
-    live = cluster.nodes[a].core.catalog.live_versions("run/ckpt")
+        r.violation(f"concurrent puts failed: {p1.final} / {p2.final}")
+        return
+    r.run_for(1.0)
+    latest = {r.cluster.nodes[n].core.catalog.latest("run/same") for n in r.ids}
+    if len({e.version for e in latest if e}) != 1:
+        r.violation(f"nodes disagree on the latest version: {latest}")
+    live = r.cluster.nodes[a].core.catalog.live_versions("run/same")
     if len(live) != 2:
-        result.violations.append(f"expected two versions, found {[str(e.version) for e in live]}")
-    for entry in live:
-        check_get(cluster, rng.choice(cluster.ids), f"run/ckpt@{entry.version}", result, "each concurrent version")
-    return finish(cluster, result)
+        r.violation(f"expected two versions, found {[str(e.version) for e in live]}")
 
 
-@scenario
-def shared_pieces(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
-    """Concurrent puts of checkpoints with identical (all-zero-like) shards."""
-    cluster, rng, result = _setup("shared-pieces", seed, core_class=core_class)
-    shard = cluster.settings.policy.shard_size
-    size = rng.randint(shard * 4, shard * 12)
-    a, b = rng.sample(cluster.ids, 2)
-    c1 = cluster.put(a, "zeros/a", [FileModel.repeating("model.safetensors", size, shard)])
-    c2 = cluster.put(b, "zeros/b", [FileModel.repeating("model.safetensors", size + shard, shard)])
-    p1, p2 = cluster.wait(c1, c2)
-    result.operations += 2
+@scenario()
+def shared_pieces(r: Run) -> None:
+    """Concurrent puts of checkpoints with identical (all-zero-like) shards, then a crash."""
+    shard = r.cluster.settings.policy.shard_size
+    size = r.rng.randint(shard * 4, shard * 12)
+    a, b = r.rng.sample(r.ids, 2)
+    p1 = r.put(via=a, name="zeros/a", files=[FileModel.repeating("model.safetensors", size, shard)], wait=False)
+    p2 = r.put(via=b, name="zeros/b", files=[FileModel.repeating("model.safetensors", size + shard, shard)],
+               wait=False)
+    r.wait(p1, p2)
     for put in (p1, p2):
         if not put.ok:
-            result.violations.append(f"put of shared pieces failed: {put.final}")
+            r.violation(f"put of shared pieces failed: {put.final}")
     if p1.ok and p2.ok:
-        dead = rng.choice(cluster.ids)
-        cluster.crash(dead)
-        alive = [i for i in cluster.ids if i != dead]
-        check_get(cluster, rng.choice(alive), "zeros/a", result, "shared pieces, one node dead")
-        check_get(cluster, rng.choice(alive), "zeros/b", result, "shared pieces, one node dead")
-    return finish(cluster, result)
+        dead = r.pick()
+        r.cluster.crash(dead)
+        r.expect_get("zeros/a", "shared pieces, one node dead", via=r.pick(exclude={dead}))
+        r.expect_get("zeros/b", "shared pieces, one node dead", via=r.pick(exclude={dead}))
 
 
-@scenario
-def cancel_before_commit(seed: int, core_class: type[NodeCore] = NodeCore) -> Result:
+@scenario()
+def cancel_before_commit(r: Run) -> None:
     """The client goes away during the transfer: the put aborts and nothing is visible."""
-    cluster, rng, result = _setup("cancel-before-commit", seed, core_class=core_class)
-    coordinator = rng.choice(cluster.ids)
-    files = [FileModel.generate("model.safetensors", cluster.settings.policy.shard_size * 40,
-                                cluster.settings.policy.shard_size, seed=seed)]
-    client = cluster.put(coordinator, "run/ckpt", files)
-    cluster.loop.after(rng.uniform(0.0005, 0.01), cluster.cancel, client)
-    [put] = cluster.wait(client)
-    cluster.run_for(5.0)
-    result.operations += 1
+    coordinator = r.pick()
+    shard = r.cluster.settings.policy.shard_size
+    put = r.put(via=coordinator, files=[FileModel.generate("model.safetensors", shard * 40, shard, seed=r.rng.random())],
+                wait=False)
+    client = next(c for c, rec in r.cluster.clients.items() if rec is put)
+    r.later(r.rng.uniform(0.0005, 0.01), r.cluster.cancel, client)
+    r.wait(put)
+    r.run_for(5.0)
     if put.ok:
-        result.notes.append("the put committed before the cancel arrived")
+        r.note("the put committed before the cancel arrived")
+    elif r.cluster.nodes[coordinator].core.buffer_bytes != 0:
+        r.violation("an aborted put left stripe buffers accounted")
+
+
+@scenario()
+def rejoin_mid_transfer(r: Run) -> None:
+    """A node vanishes in the middle of a put (its network drops, or its process dies
+    and comes back at a new address) and rejoins while the transfer is still going;
+    then the same during a get."""
+    shard = r.cluster.settings.policy.shard_size
+    big = [FileModel.generate("model.safetensors", shard * r.rng.randint(30, 60), shard, seed=r.rng.random())]
+    coordinator = r.pick()
+    victim = r.pick(exclude={coordinator})
+    put = r.put(via=coordinator, files=big, wait=False)
+    _vanish_and_return(r, victim, at=r.rng.uniform(0.001, 0.03), away=r.rng.uniform(0.2, 12.0))
+    r.wait(put)
+    r.run_for(15.0)
+    r.settle()
+    if not put.ok:
+        return
+    get = r.get(put.name, via=r.pick(exclude={victim}), wait=False)
+    _vanish_and_return(r, r.pick(exclude={get.node}), at=r.rng.uniform(0.0, 0.02), away=r.rng.uniform(0.2, 12.0))
+    r.wait(get)
+    if not get.ok:
+        r.violation(f"get with one node vanishing and returning failed: {get.final}")
+
+
+def _vanish_and_return(r: Run, node_id: str, *, at: float, away: float) -> None:
+    if r.rng.random() < 0.5:
+        r.later(at, r.cluster.isolate, node_id)
+        r.later(at + away, r.cluster.heal)
     else:
-        _nothing_visible(cluster, "run/ckpt", result)
-        if cluster.nodes[coordinator].core.buffer_bytes != 0:
-            result.violations.append("an aborted put left stripe buffers accounted")
-    return finish(cluster, result)
+        r.later(at, r.cluster.crash, node_id)
+        r.later(at + away, lambda: r.cluster.restart(node_id, new_address=True))
 
 
-def _nothing_visible(cluster: Cluster, name: str, result: Result) -> None:
-    for node_id, node in cluster.nodes.items():
-        if node.core and node.state == "up" and node.core.catalog.latest(name) is not None:
-            result.violations.append(f"failed put of {name} is visible on {node_id[:4]}")
+@scenario()
+def partition_during_put(r: Run) -> None:
+    """The network splits (random halves, one node cut off, or one direction only) while
+    a put runs, and heals later."""
+    coordinator = r.pick()
+    put = r.put(via=coordinator, wait=False)
+    kind = r.rng.choice(["halves", "isolate", "asymmetric"])
+    at, heal = r.rng.uniform(0.0, 0.02), r.rng.uniform(1.0, 40.0)
+    if kind == "halves":
+        shuffled = r.rng.sample(r.ids, len(r.ids))
+        cut = r.rng.randint(1, len(shuffled) - 1)
+        r.later(at, r.cluster.partition, shuffled[:cut], shuffled[cut:])
+    elif kind == "isolate":
+        r.later(at, r.cluster.isolate, r.pick())
+    else:
+        a, b = r.rng.sample(r.ids, 2)
+        r.later(at, r.cluster.block, a, b)
+    r.later(at + heal, r.cluster.heal)
+    r.wait(put)
+    r.run_for(max(0.0, at + heal - (r.cluster.loop.now)) + 1.0)
+    if put.ok:
+        r.settle()
+        r.expect_get(put.name, f"after a {kind} partition healed")
 
 
-def run(name: str, seed: int, **kw) -> Result:
-    return SCENARIOS[name](seed, **kw)
+@scenario()
+def address_change(r: Run) -> None:
+    """Running nodes get new addresses (DHCP renewals) during a put and a get: their old
+    connections go silent, they re-announce, and the cluster follows."""
+    put = r.put(files=r.checkpoint(max_shards=40), wait=False)
+    for _ in range(r.rng.randint(1, 3)):
+        r.later(r.rng.uniform(0.0, 0.03), r.cluster.readdress, r.pick())
+    r.wait(put)
+    if not put.ok:
+        r.violation(f"put with a node changing address failed: {put.final}")
+        return
+    get = r.get(put.name, wait=False)
+    r.later(r.rng.uniform(0.0, 0.02), r.cluster.readdress, r.pick())
+    r.wait(get)
+    if not get.ok:
+        r.note(f"get while a node changed address failed: {get.final}")
+        r.drain()
+        r.settle()
+        r.expect_get(put.name, "retry after the address change")
+
+
+@scenario()
+def slow_sd_card(r: Run) -> None:
+    """Raspberry Pis: some nodes on 100 Mbit with ~20 MB/s SD cards and slow fsyncs.
+    Transfers back-pressure; buffers stay bounded; put and get complete."""
+    slow = r.rng.sample(r.ids, r.rng.randint(1, len(r.ids)))
+    for node_id in slow:
+        r.cluster.slow_disk(node_id, SD_CARD)
+        r.cluster.slow_nic(node_id, NIC_100MBIT)
+    shard = r.cluster.settings.policy.shard_size
+    files = [FileModel.generate("model.safetensors", shard * r.rng.randint(40, 120), shard, seed=r.rng.random())]
+    put = r.put(files=files)
+    if not put.ok:
+        r.violation(f"put over slow disks failed: {put.final}")
+        return
+    r.expect_get(put.name, "slow disks", via=r.rng.choice(slow))
+
+
+@scenario()
+def disk_full(r: Run) -> None:
+    """One or two nodes' disks fill up before or during a put: their slots move to nodes
+    with room (or the put fails saying why); nothing partial becomes visible."""
+    full = r.rng.sample(r.ids, r.rng.randint(1, 2))
+    for node_id in full:
+        r.later(r.rng.choice([0.0, r.rng.uniform(0.0, 0.01)]), r.cluster.fill_disk, node_id,
+                r.rng.choice([0, r.cluster.settings.policy.shard_size * r.rng.randint(1, 6)]))
+    put = r.put(via=r.pick(), wait=True)
+    if put.ok:
+        r.expect_get(put.name, "after disks filled")
+    elif "full" not in str(put.final) and "tolerance" not in str(put.final):
+        r.note(f"put failed with disks full: {put.final}")
+
+
+@scenario()
+def flapping_node(r: Run) -> None:
+    """A node crashes and restarts again and again (sometimes at a new address) while
+    puts and gets run: memberships still converge; incarnations only grow."""
+    flapper = r.pick()
+    t = 0.0
+    for _ in range(r.rng.randint(3, 6)):
+        t += r.rng.uniform(0.5, 8.0)
+        r.later(t, r.cluster.crash, flapper)
+        t += r.rng.uniform(0.2, 6.0)
+        r.later(t, lambda: r.cluster.restart(flapper, new_address=r.rng.random() < 0.3))
+    puts = []
+    while r.cluster.loop.now < t:
+        puts.append(r.put(via=r.pick(exclude={flapper})))
+        r.run_for(r.rng.uniform(0.5, 4.0))
+    r.run_for(max(0.0, t - r.cluster.loop.now) + 1.0)
+    r.settle()
+    for put in puts[-2:]:
+        if put.ok:
+            r.expect_get(put.name, "after the flapping stopped")
+
+
+@scenario()
+def stream_breaks(r: Run) -> None:
+    """Connections reset in the middle of transfers: outstanding requests fail over,
+    later messages reconnect."""
+    shard = r.cluster.settings.policy.shard_size
+    files = [FileModel.generate("model.safetensors", shard * r.rng.randint(20, 50), shard, seed=r.rng.random())]
+    put = r.put(files=files, wait=False)
+    for _ in range(r.rng.randint(2, 8)):
+        r.later(r.rng.uniform(0.0, 0.05), r.cluster.break_streams, r.pick())
+    r.wait(put)
+    if not put.ok:
+        r.note(f"put with connection resets failed: {put.final}")
+        return
+    get = r.get(put.name, wait=False)
+    for _ in range(r.rng.randint(2, 8)):
+        r.later(r.rng.uniform(0.0, 0.05), r.cluster.break_streams, r.pick())
+    r.wait(get)
+    if not get.ok:
+        # Allowed (the get gives up on a peer whose connection reset), as long as it
+        # says so and a retry once the resets stop works.
+        r.note(f"get with connection resets failed: {get.final}")
+        r.drain()
+        r.expect_get(put.name, "retry after connection resets")
+
+
+@scenario()
+def stalled_node(r: Run) -> None:
+    """Event-loop stalls: nodes stop processing for seconds, then catch up, during a put
+    and a get."""
+    put = r.put(wait=False)
+    for _ in range(r.rng.randint(1, 4)):
+        r.later(r.rng.uniform(0.0, 0.05), r.cluster.stall, r.pick(), r.rng.uniform(0.5, 6.0))
+    r.wait(put)
+    if put.ok:
+        get = r.get(put.name, wait=False)
+        r.later(r.rng.uniform(0.0, 0.01), r.cluster.stall, r.pick(), r.rng.uniform(0.5, 6.0))
+        r.wait(get)
+        if not get.ok:
+            r.violation(f"get with a stalled node failed: {get.final}")
+
+
+@scenario()
+def lossy_network(r: Run) -> None:
+    """Gossip datagrams lost, duplicated and reordered; links clogged: membership holds,
+    put and get work."""
+    r.cluster.degrade_links(jitter=0.002, loss=r.rng.uniform(0.02, 0.2), duplicate=r.rng.uniform(0, 0.05),
+                            reorder=r.rng.uniform(0, 0.2))
+    a, b = r.rng.sample(r.ids, 2)
+    r.cluster.clog(a, b, r.rng.uniform(0.01, 0.3), r.rng.uniform(0.05, 1.0))
+    put = r.put()
+    if put.ok:
+        r.run_for(r.rng.uniform(0, 30))
+        r.expect_get(put.name, "lossy network")
+
+
+@scenario(nodes=6)
+def random(r: Run) -> None:
+    """A random schedule of puts, gets and faults drawn from the seed (in the spirit of
+    FoundationDB's and TigerBeetle's simulators); then every invariant is checked."""
+    cluster, rng = r.cluster, r.rng
+    duration = rng.uniform(30.0, 120.0)
+    for _ in range(rng.randint(6, 24)):
+        r.later(rng.uniform(0.0, duration), _random_fault, r)
+    ops: list[ClientRecord] = []
+    end = cluster.loop.now + duration
+    while cluster.loop.now < end:
+        done = [p for p in ops if p.kind == "put" and p.ok]
+        if done and rng.random() < 0.4:
+            ops.append(r.get(rng.choice(done).name, via=r.pick(), wait=False))
+        else:
+            ops.append(r.put(via=r.pick(), wait=False))
+        cluster.run_for(rng.uniform(0.05, 10.0))
+    cluster.run_until(lambda: all(o.done for o in ops), max_time=HANG_BOUND, step=1.0)
+
+
+def _random_fault(r: Run) -> None:
+    cluster, rng = r.cluster, r.rng
+    running = cluster.running_ids()
+    down = [i for i in cluster.ids if i not in running]
+    kind = rng.choice(["crash", "crash", "restart", "isolate", "partition", "block", "heal", "stall",
+                       "freeze", "breaks", "clog", "corrupt", "disk", "torn", "loss", "readdress"])
+    if kind in ("crash", "torn") and len(running) > 2:
+        target = rng.choice(running)
+        if kind == "torn":
+            cluster.crash_mid_write(target)
+        else:
+            cluster.crash(target, power_off=rng.random() < 0.4)
+        r.later(rng.uniform(1.0, 40.0), lambda: cluster.restart(target, new_address=rng.random() < 0.3))
+    elif kind == "restart" and down:
+        cluster.restart(rng.choice(down), new_address=rng.random() < 0.3)
+    elif kind == "isolate" and running:
+        cluster.isolate(rng.choice(running))
+        r.later(rng.uniform(0.5, 30.0), cluster.heal)
+    elif kind == "partition":
+        shuffled = rng.sample(cluster.ids, len(cluster.ids))
+        cut = rng.randint(1, len(shuffled) - 1)
+        cluster.partition(shuffled[:cut], shuffled[cut:])
+        r.later(rng.uniform(0.5, 30.0), cluster.heal)
+    elif kind == "block":
+        a, b = rng.sample(cluster.ids, 2)
+        cluster.block(a, b)
+        r.later(rng.uniform(0.5, 30.0), cluster.heal)
+    elif kind == "heal":
+        cluster.heal()
+    elif kind == "stall" and running:
+        cluster.stall(rng.choice(running), rng.uniform(0.2, 5.0))
+    elif kind == "freeze" and running:
+        target = rng.choice(running)
+        cluster.freeze(target)
+        r.later(rng.uniform(1.0, 30.0), cluster.thaw, target)
+    elif kind == "breaks" and running:
+        cluster.break_streams(rng.choice(running))
+    elif kind == "clog":
+        a, b = rng.sample(cluster.ids, 2)
+        cluster.clog(a, b, rng.uniform(0.005, 0.5), rng.uniform(0.01, 1.0))
+        r.later(rng.uniform(1.0, 30.0), cluster.unclog)
+    elif kind == "corrupt":
+        _corrupt_one_safely(r)
+    elif kind == "disk" and running:
+        target = rng.choice(running)
+        if rng.random() < 0.5:
+            cluster.slow_disk(target, SD_CARD)
+        else:
+            cluster.fill_disk(target, rng.choice([0, cluster.settings.policy.shard_size * 3]))
+            r.later(rng.uniform(1.0, 30.0), cluster.free_disk, target)
+    elif kind == "readdress" and running:
+        cluster.readdress(rng.choice(running))
+    elif kind == "loss":
+        cluster.set_loss(rng.choice([0.01, 0.05, 0.2]))
+        r.later(rng.uniform(1.0, 30.0), cluster.set_loss, 0.0)
+
+
+def _corrupt_one_safely(r: Run) -> None:
+    """Flip bits in one copy of a committed piece, at most one corruption per stripe,
+    so parity always covers it."""
+    cluster = r.cluster
+    done = [c for c in cluster.clients.values() if c.kind == "put" and c.ok]
+    if not done:
+        return
+    manifest = cluster.find_manifest(r.rng.choice(done).final.manifest_id)
+    if manifest is None:
+        return
+    _, _, stripe = r.rng.choice(list(manifest.iter_stripes()))
+    if any(pid in stripe.piece_ids for _, pid in cluster.corrupted):
+        return
+    pid = r.rng.choice(stripe.piece_ids)
+    holders = [i for i in cluster.holders(pid) if cluster.nodes[i].disk.genuine(pid)]
+    if holders:
+        cluster.corrupt(r.rng.choice(holders), pid)
+
+

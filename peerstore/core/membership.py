@@ -1,0 +1,74 @@
+"""The glue between a node's membership machine (``Swim``) and its ``NodeCore``.
+
+Both shells (the trio daemon and the simulator) run a Swim next to each core and pass
+what Swim learns to the core the same way, through :class:`CoreMembership`:
+
+- the core's live set is the Swim view's ``alive_ids()`` (alive and suspect members,
+  ourselves included), sent as ``MembersChanged`` whenever it changes;
+- catalog anti-entropy rides on push-pull: the node publishes its catalog digest as
+  Swim app state, and when a peer's digest (an ``AppState`` effect) differs from ours
+  the core gets ``CatalogDiffers`` and push-pulls its catalog with that peer.
+
+``peerstore/daemon/gossip.py`` does the same inline; this is the one both can share.
+
+Incarnations: a node must come back with an incarnation above any it announced before,
+or its fresh "alive" loses to the old suspicions and deaths others still hold. The boot
+epoch is stored durably and raised on every boot; :func:`boot_incarnation` leaves room
+for 2**32 refutations per boot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from peerstore.core import events as ev
+from peerstore.gossip.effects import AppState, MemberChanged, MemberRemoved
+
+if TYPE_CHECKING:
+    from peerstore.core.node import NodeCore
+    from peerstore.gossip.swim import Swim
+
+INCARNATION_BITS_PER_BOOT = 32
+
+
+def boot_incarnation(boot_epoch: int) -> int:
+    """The incarnation to start Swim with on boot number ``boot_epoch`` (raised and made
+    durable before announcing): above every incarnation of earlier boots."""
+    if boot_epoch < 1:
+        raise ValueError(f"boot epoch must be at least 1 (raise it before announcing), got {boot_epoch}")
+    return boot_epoch << INCARNATION_BITS_PER_BOOT
+
+
+class CoreMembership:
+    """Keeps one NodeCore in step with its node's Swim machine. Pure: call it after
+    every batch of Swim effects and after every core step; carry out what it returns."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.alive: frozenset[str] = frozenset({node_id})
+        self.published: bytes | None = None
+
+    def on_swim_effects(self, now: float, core: NodeCore, swim: Swim,
+                        effects: Iterable[object]) -> list[ev.Effect]:
+        """Turn what Swim just reported into core inputs; return the core's effects."""
+        out: list[ev.Effect] = []
+        membership_moved = False
+        for effect in effects:
+            if isinstance(effect, (MemberChanged, MemberRemoved)):
+                membership_moved = True
+            elif isinstance(effect, AppState) and effect.payload != core.catalog.digest():
+                out += core.handle(now, ev.CatalogDiffers(effect.from_node))
+        if membership_moved:
+            alive = frozenset(swim.alive_ids()) | {self.node_id}
+            if alive != self.alive:
+                self.alive = alive
+                out += core.handle(now, ev.MembersChanged(alive))
+        return out
+
+    def publish_catalog(self, core: NodeCore, swim: Swim) -> None:
+        """Advertise the core's catalog digest in push-pulls (call after core steps)."""
+        digest = core.catalog.digest()
+        if digest != self.published:
+            self.published = digest
+            swim.set_app_state(digest)

@@ -1,0 +1,78 @@
+"""Simulated disks: what is durable, what is only written, and how long I/O takes.
+
+A piece write goes through the store's steps: write to a temp file (bandwidth-bound, one
+I/O at a time per disk), fsync, rename. Only then is it durable and only then may the
+core be told. A crash loses everything not yet durable, so a write torn by a crash
+leaves nothing (the temp file is swept), exactly what the real store promises.
+
+Faults: a slow disk (an SD card: ~20 MB/s and fsyncs of tens to hundreds of ms), a full
+disk (writes fail with "disk full"), bit flips in stored pieces.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from sim.content import Content, rotten
+
+MANIFEST_OVERHEAD = 4096  # a small file costs at least a block
+
+
+@dataclass(frozen=True)
+class DiskModel:
+    write_bandwidth: float = 400e6  # bytes/s
+    read_bandwidth: float = 500e6
+    fsync: float = 0.002  # mean seconds per fsync (+ directory fsync)
+    fsync_jitter: float = 0.5  # fsync takes fsync * uniform(1 - j, 1 + j)
+    hash_rate: float = 1.5e9  # BLAKE3 bytes/s on this machine's CPU
+
+
+SSD = DiskModel()
+SD_CARD = DiskModel(write_bandwidth=20e6, read_bandwidth=40e6, fsync=0.08, fsync_jitter=0.9, hash_rate=0.4e9)
+
+
+@dataclass
+class SimDisk:
+    """One node's disk. ``durable`` survives crashes; ``written`` does not."""
+
+    model: DiskModel = SSD
+    capacity: int | None = None  # bytes; None: unlimited
+    durable: dict[bytes, Content] = field(default_factory=dict)
+    written: dict[bytes, Content] = field(default_factory=dict)  # renamed but not yet fsynced
+    manifests: dict[bytes, bytes] = field(default_factory=dict)
+    catalog: bytes | None = None
+    boot_epoch: int = 0  # the daemon's stored boot counter (durable before announcing)
+    busy_until: float = 0.0
+    reserved: int = 0  # bytes of writes in progress
+
+    @property
+    def used(self) -> int:
+        pieces = sum(c.size for c in self.durable.values())
+        return pieces + sum(len(b) + MANIFEST_OVERHEAD for b in self.manifests.values()) + self.reserved
+
+    def has_room(self, size: int) -> bool:
+        return self.capacity is None or self.used + size <= self.capacity
+
+    def schedule_io(self, now: float, size: int, bandwidth: float) -> float:
+        """When an I/O of ``size`` bytes submitted now completes (FIFO per disk)."""
+        start = max(now, self.busy_until)
+        self.busy_until = start + size / bandwidth
+        return self.busy_until
+
+    def fsync_time(self, rng: random.Random) -> float:
+        j = self.model.fsync_jitter
+        return self.model.fsync * rng.uniform(1 - j, 1 + j)
+
+    def crash(self) -> None:
+        """Power loss or process crash: un-fsynced writes and in-progress I/O are gone."""
+        self.written.clear()
+        self.reserved = 0
+        self.busy_until = 0.0
+
+    def corrupt(self, piece_id: bytes) -> None:
+        self.durable[piece_id] = rotten(self.durable[piece_id])
+
+    def genuine(self, piece_id: bytes) -> bool:
+        content = self.durable.get(piece_id)
+        return content is not None and content.true_id == piece_id

@@ -1,0 +1,139 @@
+"""The chaos scenarios: every one holds its invariants on a fixed sample of seeds, runs
+are reproducible, and the simulator is proven able to fail (injected bugs are caught)."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerstore.core import events as ev
+from peerstore.core.get import GetOperation
+from peerstore.core.membership import boot_incarnation
+from peerstore.core.node import NodeCore
+from peerstore.wire import messages as msg
+from sim import chaos
+from sim.scenarios import SCENARIOS, Result, run
+
+CI_SEEDS = (101, 102, 103, 104)
+REQUIRED = {
+    "rejoin-mid-transfer", "crash-during-put", "coordinator-dies-mid-put", "partition-during-put",
+    "slow-sd-card", "double-failure-get", "frozen-node", "bitrot", "disk-full", "flapping-node", "random",
+}
+
+
+def test_every_scenario_the_issue_names_is_registered():
+    assert REQUIRED <= set(SCENARIOS)
+
+
+@pytest.mark.parametrize("seed", CI_SEEDS)
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenario_holds_its_invariants(name, seed):
+    result = run(name, seed)
+    assert result.ok, "\n".join([*result.violations, result.reproduce])
+    assert result.operations >= 1
+
+
+@pytest.mark.parametrize("name", ["random", "flapping-node", "partition-during-put"])
+def test_same_seed_same_trace_different_seed_different_trace(name):
+    first, again, other = run(name, 7), run(name, 7), run(name, 8)
+    assert first.digest == again.digest
+    assert (first.violations, first.operations, first.fault_log) == (again.violations, again.operations,
+                                                                     again.fault_log)
+    assert first.digest != other.digest
+
+
+def test_random_scenario_injects_faults_and_runs_operations():
+    results = [run("random", seed) for seed in (1, 2, 3)]
+    assert all(r.faults >= 3 and r.operations >= 5 for r in results)
+    assert len({tuple(r.fault_log) for r in results}) == 3
+
+
+# -- the CLI ------------------------------------------------------------------------------
+
+
+def test_chaos_lists_scenarios_and_runs_one_with_a_summary(capsys):
+    assert chaos.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in SCENARIOS)
+    assert chaos.main(["--scenario", "roundtrip", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    for field in ("operations", "faults", "invariants   all held", "virtual", "wall"):
+        assert field in out
+
+
+def test_a_failed_run_prints_the_command_that_reproduces_it():
+    result = Result("crash-during-put", 42, 5, violations=["put x reported success but ..."])
+    text = chaos.summary(result)
+    assert "1 VIOLATED" in text
+    assert "reproduce:   python -m sim.chaos --scenario crash-during-put --seed 42 --nodes 5" in text
+
+
+def test_check_determinism_reports_same_traces(capsys):
+    assert chaos.main(["--check-determinism", "--scenario", "crash-during-put", "--seeds", "2"]) == 0
+    assert "same traces" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--scenario", "nope", "--seed", "1"], ["--seed", "1", "--seeds", "2"], []])
+def test_chaos_rejects_bad_arguments(argv):
+    with pytest.raises(SystemExit):
+        chaos.main(argv)
+
+
+# -- proving the simulator can fail -------------------------------------------------------
+
+
+class AcksBeforeDurable(NodeCore):
+    """Bug: acknowledges a piece as soon as it asked the disk to write it."""
+
+    def _serve_store_piece(self, now, peer, m, payload):
+        self.emit(ev.StorePieceLocal(("bug", m.req), m.piece_id, payload))
+        self.inventory.add(m.piece_id)
+        self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=True)))
+
+    _SERVERS = {**NodeCore._SERVERS, msg.StorePiece: _serve_store_piece}
+
+
+class SkipsHashCheck(NodeCore):
+    """Bug: a get that trusts fetched pieces without verifying them."""
+
+    def _on_get(self, now, cmd):
+        class TrustingGet(GetOperation):
+            def _arrived(self, now, number, position, peer, handle, release=None):
+                if handle is None:
+                    return super()._arrived(now, number, position, peer, handle, release)
+                self._verified(now, number, position, peer, handle, True)
+
+        self._start_operation(now, TrustingGet(self, self.new_id(), cmd))
+
+    _HANDLERS = {**NodeCore._HANDLERS, ev.GetCommand: _on_get}
+
+
+def _caught(results: list[Result], words: str) -> bool:
+    return any(words in v for r in results for v in r.violations)
+
+
+def test_a_put_that_reports_success_before_durable_acks_is_caught():
+    seeds = range(1, 6)
+    assert _caught([run("crash-during-put", s, core_class=AcksBeforeDurable) for s in seeds], "not durable")
+    assert all(run("crash-during-put", s).ok for s in seeds)
+
+
+def test_a_get_that_skips_the_hash_check_is_caught():
+    seeds = range(1, 4)
+    assert _caught([run("bitrot", s, core_class=SkipsHashCheck) for s in seeds], "wrong bytes")
+    assert all(run("bitrot", s).ok for s in seeds)
+
+
+@pytest.mark.parametrize("incarnation", [lambda epoch: 0, lambda epoch: boot_incarnation(1)],
+                         ids=["restarts-at-zero", "restarts-at-its-first-boot-value"])
+def test_an_incarnation_that_does_not_survive_restart_is_caught(incarnation):
+    seeds = range(1, 4)
+    results = [run("flapping-node", s, incarnation=incarnation) for s in seeds]
+    assert _caught(results, "the incarnation did not survive the restart")
+    assert all(run("flapping-node", s).ok for s in seeds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenario_sweep(name):
+    failed = [r for r in (run(name, seed) for seed in range(1000, 1100)) if not r.ok]
+    assert not failed, "\n".join(f"{r.reproduce}: {r.violations[0]}" for r in failed)
