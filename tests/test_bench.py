@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from peerstore.bench import cli
-from peerstore.bench.baselines import node_segments, stored_factor
+from peerstore.bench.baselines import policy_writers, stored_factor
 from peerstore.bench.procstat import Meter
 from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult, aims
+from peerstore.bench.runner import Bench, Options, Outcome
 from peerstore.bench.sources import safetensors_source, shape_for
 from peerstore.bench.throttle import DutyCycle
 from peerstore.policy import Policy
@@ -21,15 +22,19 @@ from peerstore.policy import Policy
 MiB = 1024 * 1024
 
 
-@pytest.mark.parametrize("size,nodes,factor", [
-    (100, 5, 2.5), (24 * MiB, 5, 2.5), (7, 3, 2.5), (1000, 4, 2.0), (1, 5, 2.5),
+@pytest.mark.parametrize("size,nodes,policy,written", [
+    (1000, 5, Policy(), 2500),
+    (24 * MiB, 5, Policy(), 60 * MiB),
+    (1000, 3, Policy(stripe_width=4, parity=1), 2250),
+    (1000, 4, Policy(parity=0), 2000),
 ])
-def test_policy_baseline_writes_an_equal_share_of_the_policy_bytes_per_node(size, nodes, factor):
-    segments = node_segments(size, nodes, factor)
-    per_node = [sum(length for n, _, length in segments if n == node) for node in range(nodes)]
-    assert sum(per_node) == round(size * factor)
-    assert max(per_node) - min(per_node) <= 1
-    assert all(0 <= offset and length > 0 and offset + length <= size for _, offset, length in segments)
+def test_policy_baseline_writes_the_bytes_the_policy_stores(size, nodes, policy, written):
+    writers = policy_writers(size, nodes, policy)
+    assert sum(length for _, length in writers) == written
+    assert sum(length == size for _, length in writers) == policy.replicas
+    full_copy_nodes = [node for node, length in writers if length == size]
+    assert len(set(full_copy_nodes)) == policy.replicas  # the two replicas on two nodes
+    assert all(0 <= node < nodes for node, _ in writers)
 
 
 def test_default_policy_stores_two_and_a_half_times_the_bytes():
@@ -107,12 +112,41 @@ def test_aims_compare_phases_with_baselines_of_the_same_run(put_mb, get_mb, peak
     assert [a["met"] for a in aims(results)] == met
 
 
+def test_a_failed_phase_is_recorded_and_reraised(tmp_path):
+    bench = Bench(Options(workdir=tmp_path))
+
+    def body() -> Outcome:
+        raise RuntimeError("the disk caught fire\nlong log tails")
+
+    with pytest.raises(RuntimeError):
+        bench.measure("put", "put", body)
+    [result] = bench.results
+    assert result.error == "the disk caught fire" and result.mb_s == 0
+    assert aims(bench.results) == []  # a failed phase is no evidence for or against an aim
+
+
+def test_a_failed_group_does_not_stop_the_run_but_fails_the_exit_code(tmp_path, monkeypatch, capsys):
+    ran = []
+
+    def broken(self, source):
+        raise RuntimeError("cp: No space left on device")
+
+    monkeypatch.setattr(Bench, "run_baselines", broken)
+    monkeypatch.setattr(Bench, "run_dir_group", lambda self: ran.append("dir"))
+    out = tmp_path / "out.json"
+    code = cli.main(["--size", "2MiB", "--only", "baselines,dir", "--dir", str(tmp_path), "--no-drop-caches",
+                     "--json", str(out)])
+    assert code == 1 and ran == ["dir"]
+    assert json.loads(out.read_text())["failures"] == ["baselines: cp: No space left on device"]
+    assert "No space left" in capsys.readouterr().err
+
+
 def _run(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
     code = cli.main(["--size", "24MiB", "--nodes", "5", "--no-drop-caches", "--verify", "--dir", str(tmp_path),
                      "--json", str(out), *args])
     data = json.loads(out.read_text())
-    assert code == 0, data.get("error")
+    assert code == 0, data["failures"]
     return data
 
 

@@ -2,8 +2,9 @@
 
 * copy once: ``cp SOURCE`` then ``sync`` -- the floor for a restore (one copy written);
 * policy copies: the bytes the durability policy stores (``replicas`` full copies plus
-  ``parity/stripe_width`` of parity) written by one ``dd`` per emulated node, all at once,
-  into one directory per node, then ``sync`` -- the floor for a put.
+  ``parity/stripe_width`` of parity), written by parallel plain copies into directories
+  that stand for nodes, then ``sync`` -- the floor for a put. ``cp`` is used for the full
+  copies because it is the fastest plain tool (in-kernel ``copy_file_range``).
 """
 
 from __future__ import annotations
@@ -35,25 +36,14 @@ def stored_factor(policy: Policy) -> float:
     return policy.replicas + policy.parity / policy.stripe_width
 
 
-def node_segments(size: int, nodes: int, factor: float) -> list[tuple[int, int, int]]:
-    """(node, offset, length) ranges of the source so every node writes an equal share
-    of ``factor * size`` bytes, walking the source round-robin (so the copies are real
-    source bytes, not zeros). A share that runs past the end wraps to the start."""
-    if size <= 0 or nodes <= 0:
-        return []
-    total = round(size * factor)
-    share, extra = divmod(total, nodes)
-    segments = []
-    cursor = 0
-    for node in range(nodes):
-        left = share + (1 if node < extra else 0)
-        while left > 0:
-            offset = cursor % size
-            length = min(left, size - offset)
-            segments.append((node, offset, length))
-            cursor += length
-            left -= length
-    return segments
+def policy_writers(size: int, nodes: int, policy: Policy) -> list[tuple[int, int]]:
+    """(emulated node, bytes) per writer: one full copy per replica, each on its own node,
+    then the parity bytes (parity/stripe_width of the source) on the next node."""
+    writers = [(i % nodes, size) for i in range(policy.replicas)]
+    parity = size * policy.parity // policy.stripe_width
+    if parity:
+        writers.append((policy.replicas % nodes, parity))
+    return writers
 
 
 def copy_once(source: Path, workdir: Path, timeout: float) -> BaselineRun:
@@ -61,7 +51,8 @@ def copy_once(source: Path, workdir: Path, timeout: float) -> BaselineRun:
     workdir.mkdir(parents=True, exist_ok=True)
     target = workdir / "copy-once"
     try:
-        copied = run(["cp", str(source), str(target)], timeout)
+        # --reflink=never: a clone would share the source's blocks and write nothing.
+        copied = run(["cp", "--reflink=never", str(source), str(target)], timeout)
         synced = sync(timeout)
         return BaselineRun(copied.seconds, synced.seconds, copied.cpu_seconds + synced.cpu_seconds,
                            source.stat().st_size, 1)
@@ -70,29 +61,31 @@ def copy_once(source: Path, workdir: Path, timeout: float) -> BaselineRun:
 
 
 def policy_copies(source: Path, workdir: Path, nodes: int, policy: Policy, timeout: float) -> BaselineRun:
-    """One ``dd`` per (node, source range) at once into ``workdir/node-i/`` + sync."""
+    """The policy's bytes, all writers at once (``cp`` per full copy, ``dd`` for the
+    parity-sized part) into ``workdir/policy-copies/node-i/``, then sync."""
     size = source.stat().st_size
-    segments = node_segments(size, nodes, stored_factor(policy))
     root = workdir / "policy-copies"
     shutil.rmtree(root, ignore_errors=True)
     running: list[Running] = []
     started = time.monotonic()
     try:
-        for i, (node, offset, length) in enumerate(segments):
+        for i, (node, length) in enumerate(policy_writers(size, nodes, policy)):
             target = root / f"node-{node}" / f"part-{i}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            running.append(Running([
-                "dd", f"if={source}", f"of={target}", "bs=4M", "status=none",
-                "iflag=skip_bytes,count_bytes", f"skip={offset}", f"count={length}",
-            ]))
+            if length == size:
+                argv = ["cp", "--reflink=never", str(source), str(target)]
+            else:
+                argv = ["dd", f"if={source}", f"of={target}", "bs=4M", "status=none", "iflag=count_bytes",
+                        f"count={length}"]
+            running.append(Running(argv))
         finished: list[Finished] = [r.wait(timeout) for r in running]
         bad = [f for f in finished if f.returncode != 0]
         if bad:
             raise RuntimeError(f"baseline copy failed: {bad[0].describe()}")
-        copy_seconds = time.monotonic() - started  # first dd started to last one reaped
+        copy_seconds = time.monotonic() - started  # first writer started to last one reaped
         synced = sync(timeout)
         return BaselineRun(copy_seconds, synced.seconds, sum(f.cpu_seconds for f in finished) + synced.cpu_seconds,
-                           sum(length for _, _, length in segments), len(segments))
+                           sum(length for _, length in policy_writers(size, nodes, policy)), len(finished))
     finally:
         for r in running:
             r.kill()

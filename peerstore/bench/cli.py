@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from peerstore.bench.commands import CommandFailed, can_drop_page_cache
+from peerstore.bench.commands import can_drop_page_cache
 from peerstore.bench.report import aims, aims_block, notes_block, phase_json, phase_table, sweep_table
 from peerstore.bench.runner import PHASES, Bench, Options, log
 from peerstore.config import format_size, parse_size
@@ -154,6 +154,7 @@ def report_json(bench: Bench, argv: Sequence[str], started: float) -> dict[str, 
         "phases": [phase_json(r, bench.results) for r in bench.results],
         "aims": aims(bench.results),
         "sweep": bench.sweep_rows,
+        "failures": bench.failures,
     }
 
 
@@ -188,11 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(options)
     started = time.time()
-    failure: BaseException | None = None
     try:
         bench.run_sweep() if options.sweep else bench.run()
-    except (CommandFailed, TimeoutError, RuntimeError, OSError, ValueError) as err:
-        failure = err
     except KeyboardInterrupt:
         print("\npeerstore.bench: interrupted; nodes stopped", file=sys.stderr)
         return 130
@@ -200,16 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.clean:
             shutil.rmtree(bench.cache, ignore_errors=True)
     data = report_json(bench, argv, started)
-    if failure is not None:
-        data["error"] = str(failure)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + "\n")
     if bench.results:
         print_report(bench, data)
-    if failure is not None:
-        print(f"\npeerstore.bench: failed: {failure}", file=sys.stderr)
-        return 1
     if not args.clean:
         log(f"sources cached in {bench.cache} (delete it, or pass --clean, to free the disk)")
+    if bench.failures:
+        print("\npeerstore.bench: failed: " + "; ".join(bench.failures), file=sys.stderr)
+        return 1
     return 0

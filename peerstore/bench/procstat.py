@@ -58,6 +58,7 @@ class _Watched:
     cpu_start: float | None
     cpu_last: float | None
     peak_kib: int = 0
+    peak_anon_kib: int = 0
     hwm_reset: bool = False
 
 
@@ -67,6 +68,7 @@ class Usage:
 
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    peak_anon_mib: dict[str, float] = field(default_factory=dict)  # sampled RssAnon: heap, not page cache
     peak_from_hwm: bool = False  # True when every peak is the kernel's high-water mark
 
 
@@ -75,7 +77,8 @@ class Meter:
 
     At start each process's VmHWM is reset when the kernel allows it, so the peak read at
     the end (or when the process dies, the last sample) covers this phase only. Peaks are
-    the larger of VmHWM and the sampled VmRSS.
+    the larger of VmHWM and the sampled VmRSS. RssAnon (heap and buffers, without mapped
+    files) has no kernel high-water mark, so its peak is sampled only.
     """
 
     def __init__(self, interval: float = 0.1):
@@ -103,6 +106,9 @@ class Meter:
             kib = status_kib(w.pid, key)
             if kib is not None:
                 w.peak_kib = max(w.peak_kib, kib)
+        anon = status_kib(w.pid, "RssAnon")
+        if anon is not None:
+            w.peak_anon_kib = max(w.peak_anon_kib, anon)
 
     def sample(self) -> None:
         with self._lock:
@@ -135,4 +141,6 @@ class Meter:
                 spent = (w.cpu_last or 0.0) - (w.cpu_start or 0.0)
                 usage.cpu_seconds[w.label] = usage.cpu_seconds.get(w.label, 0.0) + max(spent, 0.0)
                 usage.peak_rss_mib[w.label] = max(usage.peak_rss_mib.get(w.label, 0.0), w.peak_kib * KiB / MiB)
+                usage.peak_anon_mib[w.label] = max(usage.peak_anon_mib.get(w.label, 0.0),
+                                                   w.peak_anon_kib * KiB / MiB)
         return usage

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 COPY_ONCE = "baseline: cp + sync"
-POLICY_COPIES = "baseline: policy bytes, parallel dd + sync"
+POLICY_COPIES = "baseline: policy bytes, parallel cp + sync"
 
 # (phase, baseline, lowest ratio) -- the aims of issue 5, checked against the same run.
 RATIO_AIMS = (
@@ -30,10 +30,11 @@ class PhaseResult:
     cli_peak_rss_mib: float | None = None
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    error: str = ""  # why the phase failed; its figures are then not results
 
     @property
     def mb_s(self) -> float:
-        return self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        return self.bytes / self.seconds / 1e6 if self.seconds > 0 and not self.error else 0.0
 
     @property
     def cpu_total(self) -> float:
@@ -46,13 +47,14 @@ class PhaseResult:
 
 
 def ratio(result: PhaseResult, baseline: PhaseResult | None) -> float | None:
-    if baseline is None or baseline.mb_s <= 0:
+    if baseline is None or baseline.mb_s <= 0 or result.error:
         return None
     return result.mb_s / baseline.mb_s
 
 
 def find(results: Sequence[PhaseResult], phase: str) -> PhaseResult | None:
-    return next((r for r in results if r.phase == phase), None)
+    """The successful result of ``phase``, if any."""
+    return next((r for r in results if r.phase == phase and not r.error), None)
 
 
 def aims(results: Sequence[PhaseResult]) -> list[dict[str, Any]]:
@@ -64,7 +66,8 @@ def aims(results: Sequence[PhaseResult]) -> list[dict[str, Any]]:
         if value is not None:
             out.append({"aim": f"{phase} >= {floor} x {baseline_name}", "value": round(value, 3),
                         "met": value >= floor})
-    peaks = [(r.phase, r.max_peak_rss_mib) for r in results if r.kind != "baseline" and r.max_peak_rss_mib]
+    peaks = [(r.phase, r.max_peak_rss_mib) for r in results
+             if r.kind != "baseline" and r.max_peak_rss_mib and not r.error]
     if peaks:
         phase, worst = max(peaks, key=lambda p: p[1])
         out.append({"aim": f"peak RSS per node < {PEAK_RSS_AIM_MIB:g} MiB (worst: {phase})",
@@ -89,19 +92,21 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: in
 
 def phase_table(results: Sequence[PhaseResult], nodes: int) -> str:
     copy_once, policy = find(results, COPY_ONCE), find(results, POLICY_COPIES)
-    headers = ["phase", "MB/s", "x cp+sync", "x policy dd", "seconds", "CPU s"]
-    headers += [f"n{i} MiB" for i in range(nodes)] + ["CLI MiB"]
+    headers = ["phase", "MB/s", "x cp+sync", "x policy cp", "seconds", "CPU s"]
+    headers += [f"n{i} MiB" for i in range(nodes)] + ["anon MiB", "CLI MiB"]
     rows = []
     for r in results:
         peaks = [r.peak_rss_mib.get(f"node-{i}") for i in range(nodes)]
-        rows.append([r.phase, f"{r.mb_s:.0f}", _fmt(ratio(r, copy_once)), _fmt(ratio(r, policy)),
+        rows.append([r.phase, "FAILED" if r.error else f"{r.mb_s:.0f}",
+                     _fmt(ratio(r, copy_once)), _fmt(ratio(r, policy)),
                      f"{r.seconds:.1f}", f"{r.cpu_total:.1f}", *(_fmt(p, 0) for p in peaks),
+                     _fmt(max(anon.values(), default=None) if (anon := r.extra.get("peak_anon_mib")) else None, 0),
                      _fmt(r.cli_peak_rss_mib, 0)])
     return format_table(headers, rows)
 
 
 def notes_block(results: Sequence[PhaseResult]) -> str:
-    return "\n".join(f"  {r.phase}: {r.notes}" for r in results if r.notes)
+    return "\n".join(f"  {r.phase}: {r.error or r.notes}" for r in results if r.notes or r.error)
 
 
 def aims_block(checks: Sequence[dict[str, Any]]) -> str:

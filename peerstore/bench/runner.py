@@ -22,14 +22,14 @@ import blake3
 
 from peerstore.bench import baselines
 from peerstore.bench.commands import CommandFailed, Finished, Running, can_drop_page_cache, drop_page_cache
-from peerstore.bench.procstat import Meter
+from peerstore.bench.procstat import Meter, Usage
 from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult
 from peerstore.bench.sources import checkpoint_dir_source, safetensors_source, source_bytes
 from peerstore.bench.throttle import DutyCycle
 from peerstore.config import format_size
 from peerstore.manifest import Manifest
 from peerstore.policy import Policy
-from peerstore.testing.procs import ProcCluster, wait_for
+from peerstore.testing.procs import NodeProc, ProcCluster, wait_for
 
 MiB = 1024 * 1024
 PHASES = ("baselines", "put", "put_stream", "get", "get_1down", "get_2down", "dir", "slow", "concurrent")
@@ -66,6 +66,17 @@ class Outcome:
     commands: list[Finished] = field(default_factory=list)
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    tool_cpu_seconds: float = 0.0  # CPU of tools run outside ``commands`` (baselines)
+
+
+# What a phase may fail with and the run survive (the next group starts a fresh cluster).
+PHASE_FAILURES = (CommandFailed, TimeoutError, RuntimeError, OSError, ValueError, KeyError)
+
+
+def first_line(err: BaseException) -> str:
+    """The headline of an error (its log tails go to stderr, not into the JSON)."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:500]
 
 
 def command_timeout(nbytes: int) -> float:
@@ -137,6 +148,7 @@ class Bench:
         self.policy = Policy(shard_size=options.shard_size)
         self.results: list[PhaseResult] = []
         self.sweep_rows: list[dict[str, Any]] = []
+        self.failures: list[str] = []
         self.cluster: ProcCluster | None = None
         self.clusters_started = 0
         self.page_cache_dropped = 0
@@ -183,7 +195,10 @@ class Bench:
 
     def finish(self, running: Running, timeout: float) -> Finished:
         """Wait for a CLI command; a failure carries the node log tails."""
-        finished = running.wait(timeout)
+        try:
+            finished = running.wait(timeout)
+        except TimeoutError as err:
+            raise TimeoutError(f"{err}\n{self._cluster().log_tails()}") from None
         if finished.returncode != 0:
             raise CommandFailed(finished, self._cluster().log_tails())
         return finished
@@ -210,20 +225,35 @@ class Bench:
             if node.running and node.proc is not None:
                 meter.watch(f"node-{node.index}", node.proc.pid)
         log(f"{phase} ...")
-        with meter:
-            outcome = body()
-        usage = meter.stop()
+        started = time.monotonic()
+        try:
+            with meter:
+                outcome = body()
+        except PHASE_FAILURES as err:
+            outcome = Outcome(0, time.monotonic() - started)
+            self._record(phase, kind, outcome, meter.stop(), nodes, error=first_line(err))
+            raise
+        return self._record(phase, kind, outcome, meter.stop(), nodes)
+
+    def _record(self, phase: str, kind: str, outcome: Outcome, usage: Usage, nodes: list[NodeProc],
+                error: str = "") -> PhaseResult:
         peaks: dict[str, float | None] = {f"node-{n.index}": usage.peak_rss_mib.get(f"node-{n.index}")
                                           for n in nodes}
         cpu = {"nodes": round(sum(usage.cpu_seconds.values()), 3)} if nodes else {}
-        cpu["cli" if kind != "baseline" else "tools"] = round(sum(f.cpu_seconds for f in outcome.commands), 3)
+        cpu["cli" if kind != "baseline" else "tools"] = round(
+            sum(f.cpu_seconds for f in outcome.commands) + outcome.tool_cpu_seconds, 3)
         cli_peak = max((f.peak_rss_mib for f in outcome.commands), default=None)
         result = PhaseResult(phase, kind, outcome.bytes, outcome.seconds, cpu, peaks,
-                             cli_peak if kind != "baseline" else None, outcome.notes, outcome.extra)
+                             cli_peak if kind != "baseline" else None, outcome.notes, outcome.extra, error)
         result.extra.setdefault("peak_rss_from_hwm", usage.peak_from_hwm)
+        if nodes:
+            result.extra["peak_anon_mib"] = {k: round(v, 1) for k, v in usage.peak_anon_mib.items()}
         self.results.append(result)
-        log(f"{phase}: {result.bytes / 1e6:.0f} MB in {result.seconds:.1f} s = {result.mb_s:.0f} MB/s, "
-            f"CPU {result.cpu_total:.1f} s, peak node RSS {result.max_peak_rss_mib or 0:.0f} MiB")
+        if error:
+            log(f"{phase}: FAILED after {result.seconds:.1f} s: {error}")
+        else:
+            log(f"{phase}: {result.bytes / 1e6:.0f} MB in {result.seconds:.1f} s = {result.mb_s:.0f} MB/s, "
+                f"CPU {result.cpu_total:.1f} s, peak node RSS {result.max_peak_rss_mib or 0:.0f} MiB")
         return result
 
     # -- sources --------------------------------------------------------------------------
@@ -288,14 +318,15 @@ class Bench:
             run = baselines.copy_once(source, scratch, timeout)
             return Outcome(source_bytes(source), run.seconds, notes=(
                 f"cp {run.copy_seconds:.1f} s + sync {run.sync_seconds:.1f} s"),
-                extra=self._baseline_extra(run))
+                extra=self._baseline_extra(run), tool_cpu_seconds=run.cpu_seconds)
 
         def policy_copies() -> Outcome:
             run = baselines.policy_copies(source, scratch, self.options.nodes, self.policy, timeout)
             return Outcome(source_bytes(source), run.seconds, notes=(
-                f"{run.writers} dd writing {run.written_bytes / source_bytes(source):.2f}x the bytes into "
-                f"{self.options.nodes} dirs {run.copy_seconds:.1f} s + sync {run.sync_seconds:.1f} s"),
-                extra=self._baseline_extra(run))
+                f"{run.writers} writers at once ({self.policy.replicas} cp + dd of the parity share), "
+                f"{run.written_bytes / source_bytes(source):.2f}x the bytes, {run.copy_seconds:.1f} s + sync "
+                f"{run.sync_seconds:.1f} s"),
+                extra=self._baseline_extra(run), tool_cpu_seconds=run.cpu_seconds)
 
         self.measure(COPY_ONCE, "baseline", copy_once, meter_nodes=False)
         self.measure(POLICY_COPIES, "baseline", policy_copies, meter_nodes=False)
@@ -303,8 +334,7 @@ class Bench:
 
     @staticmethod
     def _baseline_extra(run: baselines.BaselineRun) -> dict[str, Any]:
-        return {"copy_seconds": run.copy_seconds, "sync_seconds": run.sync_seconds,
-                "tool_cpu_seconds": run.cpu_seconds, "bytes_written": run.written_bytes, "writers": run.writers}
+        return {"copy_seconds": run.copy_seconds, "sync_seconds": run.sync_seconds, "bytes_written": run.written_bytes, "writers": run.writers}
 
     def run_single_file_group(self, model: Path, want: frozenset[str]) -> None:
         """put, put --stream, then gets healthy, with one node down, with two down."""
@@ -411,49 +441,61 @@ class Bench:
     # -- whole runs ------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Every selected phase, in order, cleaning up whatever happens."""
+        """Every selected phase, in order. A failed group is recorded (its error in
+        ``failures``, node log tails on stderr) and the run goes on with the next group
+        on a fresh cluster; everything is cleaned up whatever happens."""
         want = set(self.options.only)
         if want & {*NEEDS_STORED_MODEL, "put_stream"}:
             want.add("put")  # the gets read what it stored; put --stream is compared with it
+        selected = frozenset(want)
+        groups: list[tuple[str, Callable[[], None]]] = []
+        if "baselines" in want:
+            groups.append(("baselines", lambda: self.run_baselines(self.model(seed=0))))
+        if "put" in want:
+            groups.append(("single file", lambda: self.run_single_file_group(self.model(seed=0), selected)))
+        if "dir" in want:
+            groups.append(("directory", self.run_dir_group))
+        if want & {"slow", "concurrent"}:
+            groups.append(("slow node and concurrency", lambda: self.run_slow_group(self.model(seed=0), selected)))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if "baselines" in want:
-                self.run_baselines(self.model(seed=0))
-            if "put" in want:
-                self.run_single_file_group(self.model(seed=0), frozenset(want))
-            if "dir" in want:
-                self.run_dir_group()
-            if want & {"slow", "concurrent"}:
-                self.run_slow_group(self.model(seed=0), frozenset(want))
-        except BaseException:
-            if self.cluster is not None:
-                print(self.cluster.log_tails(), file=sys.stderr)
-            raise
+            for label, group in groups:
+                self.run_group(label, group)
         finally:
             self.cleanup()
+
+    def run_group(self, label: str, group: Callable[[], None]) -> None:
+        try:
+            group()
+        except PHASE_FAILURES as err:
+            self.failures.append(f"{label}: {first_line(err)}")
+            print(f"\npeerstore.bench: {label} failed:\n{err}", file=sys.stderr)
+            if self.cluster is not None and self.cluster.log_tails() not in str(err):
+                print(self.cluster.log_tails(), file=sys.stderr)
+            self.close_cluster()
 
     def run_sweep(self) -> None:
         """put and get of one source per shard size, each on a fresh cluster."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            model = self.model(seed=0)
             if "baselines" in self.options.only:
-                self.run_baselines(model)
+                self.run_group("baselines", lambda: self.run_baselines(self.model(seed=0)))
             for shard_size in self.options.sweep:
-                label = format_size(shard_size)
-                self.fresh_cluster(shard_size)
-                put = self.put(f"put, shards {label}", model, "bench/sweep")
-                get = self.get(f"get, shards {label}", "bench/sweep", model)
-                self.sweep_rows.append({
-                    "shard_size": label, "shard_bytes": shard_size,
-                    "put_mb_s": put.mb_s, "get_mb_s": get.mb_s,
-                    "put_cpu_seconds": put.cpu_total, "get_cpu_seconds": get.cpu_total,
-                    "put_peak_rss_mib": put.max_peak_rss_mib, "get_peak_rss_mib": get.max_peak_rss_mib,
-                    "pieces": put.extra.get("pieces"),
-                })
-        except BaseException:
-            if self.cluster is not None:
-                print(self.cluster.log_tails(), file=sys.stderr)
-            raise
+                self.run_group(f"shard size {format_size(shard_size)}", lambda: self.sweep_one(shard_size))
         finally:
             self.cleanup()
+
+    def sweep_one(self, shard_size: int) -> None:
+        label = format_size(shard_size)
+        model = self.model(seed=0)
+        self.fresh_cluster(shard_size)
+        put = self.put(f"put, shards {label}", model, "bench/sweep")
+        get = self.get(f"get, shards {label}", "bench/sweep", model)
+        self.sweep_rows.append({
+            "shard_size": label, "shard_bytes": shard_size,
+            "put_mb_s": put.mb_s, "get_mb_s": get.mb_s,
+            "put_cpu_seconds": put.cpu_total, "get_cpu_seconds": get.cpu_total,
+            "put_peak_rss_mib": put.max_peak_rss_mib, "get_peak_rss_mib": get.max_peak_rss_mib,
+            "put_peak_anon_mib": max(put.extra.get("peak_anon_mib", {}).values(), default=None),
+            "pieces": put.extra.get("pieces"),
+        })
