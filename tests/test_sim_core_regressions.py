@@ -75,3 +75,25 @@ def test_get_fails_instead_of_hanging_when_the_last_piece_verifies_after_sources
     assert finals, "the get never answered its client (it hangs)"
     assert isinstance(finals[0], ev.Failed) and "cannot restore" in finals[0].reason
     assert core.operations == [] and core.buffer_bytes == 0
+
+
+def test_concurrent_puts_share_the_memory_budget_and_resume_when_it_frees():
+    """Found by ``sim.chaos --scenario many-puts-small-memory``: an operation waiting for
+    the node's memory budget or a peer's in-flight room was only woken by its own events,
+    so concurrent puts through one node stalled until some unrelated timer fired (forever,
+    without one); and each operation could take one stripe beyond the budget, so memory
+    grew with the number of concurrent puts (contract 4)."""
+    from sim.cluster import Cluster
+    from sim.content import FileModel
+
+    budget = 16 * SHARD
+    settings = CoreSettings(policy=Policy(shard_size=SHARD), memory_budget=budget,
+                            max_inflight_bytes_per_peer=4 * SHARD)
+    cluster = Cluster(5, seed=1, settings=settings, membership="static")
+    via = cluster.ids[0]
+    clients = [cluster.put(via, f"run/p{i}", [FileModel.generate("m", SHARD * (9 + i), SHARD, seed=i)])
+               for i in range(6)]
+    records = cluster.wait(*clients, max_time=60)
+    assert all(r.ok for r in records), [r.final for r in records]
+    assert cluster.loop.now < 5.0  # no stall waiting for a timer
+    assert cluster.violations == []  # buffers within budget + one stripe, in flight within limit + one piece

@@ -321,6 +321,9 @@ class GetOperation(Operation):
             fallbacks=self.fallbacks,
         ))
 
+    def tick(self, now: float) -> None:
+        self._pump(now)  # memory another operation freed may let more stripes open
+
     def on_members_changed(self, now: float) -> None:
         for fetch in list(self.fetching.values()):
             self._schedule(now, fetch)

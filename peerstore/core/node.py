@@ -118,7 +118,13 @@ class NodeCore:
         handler = self._HANDLERS.get(type(event))
         if handler is None:
             raise TypeError(f"NodeCore cannot handle {type(event).__name__}")
+        buffered, inflight = self.buffer_bytes, sum(self.inflight.values())
         handler(self, now, event)
+        if len(self._ops) > 1 and (self.buffer_bytes < buffered or sum(self.inflight.values()) < inflight):
+            # Budget or in-flight room was freed: operations waiting for it go on now,
+            # not when some unrelated timer fires.
+            for op in list(self._ops.values()):
+                op.tick(now)
         return self._drain()
 
     def tick(self, now: float) -> list[ev.Effect]:
@@ -180,8 +186,9 @@ class NodeCore:
         return used == 0 or used + size <= self.settings.max_inflight_bytes_per_peer
 
     def can_buffer(self, size: int, holding: int) -> bool:
-        """Node-wide memory budget for stripe buffers; an op holding nothing may take one."""
-        return holding == 0 or self.buffer_bytes + size <= self.settings.memory_budget
+        """Node-wide memory budget for stripe buffers, shared by every operation; one
+        stripe may always be buffered when nothing is, so any stripe size makes progress."""
+        return self.buffer_bytes == 0 or self.buffer_bytes + size <= self.settings.memory_budget
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter, capped."""
