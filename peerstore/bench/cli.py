@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each period the slow node is stopped (default 0.5)")
     p.add_argument("--slow-period", type=_bounded(float, 0.01, 10.0), default=0.2,
                    help="the slow node's stop/continue period in seconds (default 0.2)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="record every node with py-spy (pip install py-spy) during each phase into DIR "
+                        "and print where the time goes; profiled figures are slower")
     p.add_argument("--sweep-shard-size", type=_shard_sizes, metavar="LIST",
                    help="instead of the phases: put and get once per shard size, like 256KiB,1MiB,4MiB,16MiB")
     return p
@@ -128,7 +131,7 @@ def options_from(args: argparse.Namespace) -> Options:
         keep=args.keep, drop_caches=can_drop_page_cache() if args.drop_caches is None else args.drop_caches,
         verify=args.verify, dir_size=args.dir_size, concurrent=args.concurrent,
         concurrent_size=args.concurrent_size, slow_period=args.slow_period, slow_fraction=args.slow_fraction,
-        sweep=args.sweep_shard_size or (),
+        sweep=args.sweep_shard_size or (), profile_dir=args.profile.resolve() if args.profile else None,
     )
 
 
@@ -174,6 +177,10 @@ def print_report(bench: Bench, data: dict[str, Any]) -> None:
         print("\naims (issue 5):\n" + aims_block(data["aims"]))
     if bench.sweep_rows:
         print("\nshard-size sweep:\n" + sweep_table(bench.sweep_rows))
+    if bench.profiles and bench.options.profile_dir is not None:
+        summary = bench.options.profile_dir / "summary.txt"
+        summary.write_text("\n\n".join(bench.profiles) + "\n")
+        print(f"\npy-spy profiles and their summary: {summary}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import blake3
 
-from peerstore.bench import baselines
+from peerstore.bench import baselines, profile
 from peerstore.bench.commands import CommandFailed, Finished, Running, can_drop_page_cache, drop_page_cache
 from peerstore.bench.procstat import Meter, Usage
 from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult
@@ -36,6 +36,7 @@ PHASES = ("baselines", "put", "put_stream", "get", "get_1down", "get_2down", "di
 NEEDS_STORED_MODEL = ("get", "get_1down", "get_2down")
 SLOWEST_RATE = 2e6  # bytes/s: a command slower than this is stuck, not slow
 CLUSTER_START_TIMEOUT = 60.0
+CLUSTER_START_ATTEMPTS = 3
 MEMBERSHIP_TIMEOUT = 60.0
 
 
@@ -55,6 +56,7 @@ class Options:
     slow_period: float = 0.2
     slow_fraction: float = 0.5
     sweep: tuple[int, ...] = ()
+    profile_dir: Path | None = None  # py-spy every node during each cluster phase
 
 
 @dataclass
@@ -149,6 +151,7 @@ class Bench:
         self.results: list[PhaseResult] = []
         self.sweep_rows: list[dict[str, Any]] = []
         self.failures: list[str] = []
+        self.profiles: list[str] = []  # py-spy summaries, with --profile
         self.cluster: ProcCluster | None = None
         self.clusters_started = 0
         self.page_cache_dropped = 0
@@ -157,15 +160,35 @@ class Bench:
     # -- cluster ------------------------------------------------------------------------
 
     def fresh_cluster(self, shard_size: int | None = None) -> ProcCluster:
-        """Replace the cluster with a new, empty one and wait until all nodes see each other."""
-        self.close_cluster()
-        self.clusters_started += 1
-        root = self.run_dir / f"cluster-{self.clusters_started}"
-        self.cluster = ProcCluster(root, self.options.nodes,
-                                   shard_size=format_size(shard_size or self.options.shard_size))
-        log(f"starting {self.options.nodes} nodes in {root}")
-        self.cluster.start_all(timeout=CLUSTER_START_TIMEOUT)
-        return self.cluster
+        """Replace the cluster with a new, empty one and wait until all nodes see each other.
+
+        A node that exits while starting (its free port taken by another process in the
+        meantime) fails the attempt at once; the next attempt picks new ports.
+        """
+        for attempt in range(1, CLUSTER_START_ATTEMPTS + 1):
+            self.close_cluster()
+            self.clusters_started += 1
+            root = self.run_dir / f"cluster-{self.clusters_started}"
+            c = self.cluster = ProcCluster(root, self.options.nodes,
+                                           shard_size=format_size(shard_size or self.options.shard_size))
+            log(f"starting {self.options.nodes} nodes in {root}")
+            for node in c.nodes:
+                c.start(node.index)
+            try:
+                wait_for(lambda: self._all_see_all(c), CLUSTER_START_TIMEOUT,
+                         f"{self.options.nodes} nodes to see each other", interval=0.5)
+                return c
+            except (TimeoutError, RuntimeError) as err:
+                if attempt == CLUSTER_START_ATTEMPTS:
+                    raise RuntimeError(f"the cluster did not start: {err}\n{c.log_tails()}") from None
+                log(f"the cluster did not start ({first_line(err)}); trying again with new ports")
+        raise AssertionError("unreachable")
+
+    def _all_see_all(self, c: ProcCluster) -> bool:
+        exited = [n.index for n in c.nodes if not n.running]
+        if exited:
+            raise RuntimeError(f"node(s) {exited} exited while starting")
+        return all(len(c.alive_seen_by(n.index)) == len(c.nodes) for n in c.nodes)
 
     def close_cluster(self) -> None:
         if self.cluster is None:
@@ -225,6 +248,7 @@ class Bench:
             if node.running and node.proc is not None:
                 meter.watch(f"node-{node.index}", node.proc.pid)
         log(f"{phase} ...")
+        recorder = self._profiler(phase, nodes)
         started = time.monotonic()
         try:
             with meter:
@@ -233,7 +257,22 @@ class Bench:
             outcome = Outcome(0, time.monotonic() - started)
             self._record(phase, kind, outcome, meter.stop(), nodes, error=first_line(err))
             raise
-        return self._record(phase, kind, outcome, meter.stop(), nodes)
+        finally:
+            if recorder is not None:
+                self.profiles += [profile.summarise(path) for path in recorder.stop().values()]
+        result = self._record(phase, kind, outcome, meter.stop(), nodes)
+        if recorder is not None:
+            result.notes = "; ".join(filter(None, [result.notes, "profiled (py-spy running): slower"]))
+        return result
+
+    def _profiler(self, phase: str, nodes: list[NodeProc]) -> profile.Recorder | None:
+        if self.options.profile_dir is None or not nodes:
+            return None
+        exe = profile.py_spy()
+        if exe is None:
+            raise RuntimeError("--profile needs py-spy: pip install py-spy")
+        pids = {f"node-{n.index}": n.proc.pid for n in nodes if n.running and n.proc is not None}
+        return profile.Recorder(exe, self.options.profile_dir, phase, pids)
 
     def _record(self, phase: str, kind: str, outcome: Outcome, usage: Usage, nodes: list[NodeProc],
                 error: str = "") -> PhaseResult:
@@ -247,6 +286,7 @@ class Bench:
                              cli_peak if kind != "baseline" else None, outcome.notes, outcome.extra, error)
         result.extra.setdefault("peak_rss_from_hwm", usage.peak_from_hwm)
         if nodes:
+            result.extra["cpu_seconds_per_node"] = {k: round(v, 2) for k, v in usage.cpu_seconds.items()}
             result.extra["peak_anon_mib"] = {k: round(v, 1) for k, v in usage.peak_anon_mib.items()}
         self.results.append(result)
         if error:
