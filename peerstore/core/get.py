@@ -127,7 +127,7 @@ class GetOperation(Operation):
         while self.next_fetch < len(self.layout):
             _, _, entry, _ = self.layout[self.next_fetch]
             cost = entry.block_size * (entry.k + entry.p)
-            if not self.node.can_buffer(cost, self.held):
+            if not self.node.can_buffer(cost):
                 break
             self.node.buffer_bytes += cost
             self.held += cost

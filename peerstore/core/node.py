@@ -185,7 +185,7 @@ class NodeCore:
         used = self.inflight.get(peer, 0)
         return used == 0 or used + size <= self.settings.max_inflight_bytes_per_peer
 
-    def can_buffer(self, size: int, holding: int) -> bool:
+    def can_buffer(self, size: int) -> bool:
         """Node-wide memory budget for stripe buffers, shared by every operation; one
         stripe may always be buffered when nothing is, so any stripe size makes progress."""
         return self.buffer_bytes == 0 or self.buffer_bytes + size <= self.settings.memory_budget

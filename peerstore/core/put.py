@@ -148,7 +148,7 @@ class PutOperation(Operation):
                 continue
             planned = self.plan[self.next_read]
             cost = planned.shard_lengths[0] * (len(planned.shard_lengths) + self.policy.parity)
-            if not self.node.can_buffer(cost, self.held):
+            if not self.node.can_buffer(cost):
                 return
             self.node.buffer_bytes += cost
             self.held += cost
