@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Iterable
 
-from sim.scenarios import SCENARIOS, Result, run
+from sim.scenarios import MIN_NODES, SCENARIOS, Result, run
 
 
 def summary(result: Result, *, verbose: bool = False) -> str:
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.scenario or [] if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)}; --list shows them")
-    if args.nodes is not None and not 1 <= args.nodes <= 64:
-        parser.error("--nodes must be between 1 and 64 for data scenarios")
+    if args.nodes is not None and not MIN_NODES <= args.nodes <= 64:
+        parser.error(f"--nodes must be between {MIN_NODES} and 64 for data scenarios")
     if args.seed is not None and args.seeds is not None:
         parser.error("give either --seed (one run) or --seeds (a sweep), not both")
     names = args.scenario or sorted(SCENARIOS)

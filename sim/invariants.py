@@ -127,6 +127,7 @@ def _committed(cluster: Cluster) -> list[ClientRecord]:
 
 def _restorable_within_tolerance(cluster: Cluster, rng: random.Random, report: Report) -> None:
     running = cluster.running_ids()
+    catalogs = [cluster.nodes[i].core.catalog for i in running]  # type: ignore[union-attr]
     for record in _committed(cluster)[:MAX_FINAL_GETS]:
         done = record.final
         manifest = cluster.find_manifest(done.manifest_id)
@@ -137,6 +138,12 @@ def _restorable_within_tolerance(cluster: Cluster, rng: random.Random, report: R
         holders = {i for i in cluster.ids if any(pid in cluster.nodes[i].disk.durable for pid in ids)}
         down = holders - set(running)
         if len(down) > done.tolerance:
+            continue
+        key = (manifest.name, manifest.version)
+        if any(key in c.tombstones for c in catalogs):
+            continue  # removed on purpose
+        if not any(c.is_live(*key) for c in catalogs):
+            report.violation(f"committed put {done.name}@{manifest.version} is in no running node's catalog")
             continue
         ok, why = readable(cluster, manifest, running)
         if not ok:

@@ -22,8 +22,12 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from peerstore import placement
+from peerstore.core import events as ev
 from peerstore.core.membership import boot_incarnation
 from peerstore.core.node import NodeCore
+from peerstore.core.settings import CoreSettings
+from peerstore.policy import Policy
 from sim.cluster import ClientRecord, Cluster
 from sim.content import FileModel
 from sim.disk import SD_CARD
@@ -31,6 +35,7 @@ from sim.invariants import HANG_BOUND, Report, final_checks
 from sim.network import NIC_100MBIT
 
 OP_BOUND = 600.0  # virtual seconds any single operation may take in a scenario
+MIN_NODES = 2  # every scenario needs a second node to fail or to fail over to
 
 
 @dataclass
@@ -149,6 +154,13 @@ class Run:
     def violation(self, message: str) -> None:
         self.report.violation(message)
 
+    def expect(self, ok: bool, message: str, *, min_nodes: int = 2) -> bool:
+        """A scenario's own expectation; below ``min_nodes`` nodes it is only a note
+        (a cluster that small has no room to work around the fault)."""
+        if not ok:
+            (self.violation if len(self.ids) >= min_nodes else self.note)(message)
+        return ok
+
     def note(self, message: str) -> None:
         self.report.note(message)
 
@@ -186,6 +198,8 @@ def run(name: str, seed: int, *, nodes: int | None = None, core_class: type[Node
     """Run scenario ``name`` with ``seed``; the Result lists every invariant violation."""
     spec = SCENARIOS[name]
     count = nodes if nodes is not None else spec.nodes
+    if count < MIN_NODES:
+        raise ValueError(f"scenario {name} needs at least {MIN_NODES} nodes, got {count}")
     result = Result(name, seed, count)
     started = time.monotonic()
     options = {**spec.options, "core_class": core_class, "incarnation": incarnation}
@@ -219,8 +233,7 @@ def run(name: str, seed: int, *, nodes: int | None = None, core_class: type[Node
 def roundtrip(r: Run) -> None:
     """Healthy cluster: put, then get through another node."""
     put = r.put()
-    if not put.ok:
-        r.violation(f"healthy put failed: {put.final}")
+    r.expect(put.ok, f"healthy put failed: {put.final}")
 
 
 @scenario()
@@ -245,6 +258,9 @@ def double_failure_get(r: Run) -> None:
     dead = {hint[2 * shard], hint[2 * shard + 1]}
     for node in sorted(dead):
         r.cluster.crash(node, power_off=r.rng.random() < 0.5)
+    if put.final.tolerance < 2:
+        r.note(f"tolerance {put.final.tolerance} does not cover two dead nodes (at {len(r.ids)} nodes)")
+        return
     record = r.expect_get(put.name, f"two holders of a shard dead (tolerance {put.final.tolerance})",
                           via=r.pick(exclude=dead))
     if record.ok and record.final.degraded_stripes == 0:
@@ -287,11 +303,15 @@ def put_while_node_down(r: Run) -> None:
     dead = r.pick()
     r.cluster.crash(dead)
     put = r.put(via=r.pick(exclude={dead}))
-    if not put.ok:
-        r.violation(f"put with 4 of 5 nodes up failed: {put.final}")
+    live = len(r.ids) - 1
+    policy = r.cluster.settings.policy
+    best = placement.best_tolerance(live, policy.stripe_width, policy.parity) if live >= 2 else -1
+    if best < policy.min_tolerance:
+        r.expect(not put.ok, f"put with {live} live node(s) should fail, got {put.final}")
         return
-    if put.final.tolerance < 2:
-        r.violation(f"4 live nodes should give tolerance 2, got {put.final.tolerance}")
+    if not r.expect(put.ok, f"put with {live} of {len(r.ids)} nodes up failed: {put.final}"):
+        return
+    r.expect(put.final.tolerance == best, f"{live} live nodes should give tolerance {best}, got {put.final.tolerance}")
     if any(dead in hint for hint in r.cluster.manifest_of(put).placement):
         r.violation("a piece was placed on the dead node")
     r.cluster.restart(dead)
@@ -343,8 +363,7 @@ def concurrent_same_name(r: Run) -> None:
     p1 = r.put(via=a, name="run/same", files=r.checkpoint(files=1), wait=False)
     p2 = r.put(via=b, name="run/same", files=r.checkpoint(files=1), wait=False)
     r.wait(p1, p2)
-    if not (p1.ok and p2.ok):
-        r.violation(f"concurrent puts failed: {p1.final} / {p2.final}")
+    if not r.expect(p1.ok and p2.ok, f"concurrent puts failed: {p1.final} / {p2.final}"):
         return
     r.run_for(1.0)
     latest = {r.cluster.nodes[n].core.catalog.latest("run/same") for n in r.ids}
@@ -366,8 +385,7 @@ def shared_pieces(r: Run) -> None:
                wait=False)
     r.wait(p1, p2)
     for put in (p1, p2):
-        if not put.ok:
-            r.violation(f"put of shared pieces failed: {put.final}")
+        r.expect(put.ok, f"put of shared pieces failed: {put.final}")
     if p1.ok and p2.ok:
         dead = r.pick()
         r.cluster.crash(dead)
@@ -411,8 +429,7 @@ def rejoin_mid_transfer(r: Run) -> None:
     get = r.get(put.name, via=r.pick(exclude={victim}), wait=False)
     _vanish_and_return(r, r.pick(exclude={get.node}), at=r.rng.uniform(0.0, 0.02), away=r.rng.uniform(0.2, 12.0))
     r.wait(get)
-    if not get.ok:
-        r.violation(f"get with one node vanishing and returning failed: {get.final}")
+    r.expect(get.ok, f"get with one node vanishing and returning failed: {get.final}", min_nodes=3)
 
 
 def _vanish_and_return(r: Run, node_id: str, *, at: float, away: float) -> None:
@@ -457,8 +474,7 @@ def address_change(r: Run) -> None:
     for _ in range(r.rng.randint(1, 3)):
         r.later(r.rng.uniform(0.0, 0.03), r.cluster.readdress, r.pick())
     r.wait(put)
-    if not put.ok:
-        r.violation(f"put with a node changing address failed: {put.final}")
+    if not r.expect(put.ok, f"put with a node changing address failed: {put.final}", min_nodes=4):
         return
     get = r.get(put.name, wait=False)
     r.later(r.rng.uniform(0.0, 0.02), r.cluster.readdress, r.pick())
@@ -481,8 +497,7 @@ def slow_sd_card(r: Run) -> None:
     shard = r.cluster.settings.policy.shard_size
     files = [FileModel.generate("model.safetensors", shard * r.rng.randint(40, 120), shard, seed=r.rng.random())]
     put = r.put(files=files)
-    if not put.ok:
-        r.violation(f"put over slow disks failed: {put.final}")
+    if not r.expect(put.ok, f"put over slow disks failed: {put.final}"):
         return
     r.expect_get(put.name, "slow disks", via=r.rng.choice(slow))
 
@@ -561,8 +576,7 @@ def stalled_node(r: Run) -> None:
         get = r.get(put.name, wait=False)
         r.later(r.rng.uniform(0.0, 0.01), r.cluster.stall, r.pick(), r.rng.uniform(0.5, 6.0))
         r.wait(get)
-        if not get.ok:
-            r.violation(f"get with a stalled node failed: {get.final}")
+        r.expect(get.ok, f"get with a stalled node failed: {get.final}", min_nodes=3)
 
 
 @scenario()
@@ -577,6 +591,62 @@ def lossy_network(r: Run) -> None:
     if put.ok:
         r.run_for(r.rng.uniform(0, 30))
         r.expect_get(put.name, "lossy network")
+
+
+@scenario()
+def frozen_coordinator(r: Run) -> None:
+    """The coordinator freezes in the middle of a put (or a get) long enough to be
+    declared dead, then thaws and carries on from a stale view of the world."""
+    coordinator = r.pick()
+    put = r.put(via=coordinator, files=r.checkpoint(max_shards=40), wait=False)
+    r.later(r.rng.uniform(0.0, 0.02), r.cluster.stall, coordinator, r.rng.uniform(0.5, 30.0))
+    r.wait(put)
+    if put.ok:
+        get = r.get(put.name, via=coordinator, wait=False)
+        r.later(r.rng.uniform(0.0, 0.01), r.cluster.stall, coordinator, r.rng.uniform(0.5, 30.0))
+        r.wait(get)
+        if not get.ok:
+            r.note(f"get through a node that froze failed: {get.final}")
+
+
+@scenario()
+def rm_while_node_away(r: Run) -> None:
+    """A checkpoint is removed while a node that holds it is down; when the node returns
+    it must learn the removal, not resurrect the checkpoint."""
+    put = r.put()
+    if not put.ok:
+        return
+    away = r.pick()
+    r.cluster.crash(away, power_off=r.rng.random() < 0.5)
+    r.run_for(r.rng.uniform(0.0, 20.0))
+    [rm] = r.cluster.wait(r.cluster.command(r.pick(exclude={away}), lambda c: ev.RemoveCommand(c, put.name), "rm"))
+    r.report.operations += 1
+    if not isinstance(rm.final, ev.Removed):
+        r.violation(f"rm {put.name} failed: {rm.final}")
+        return
+    r.run_for(r.rng.uniform(0.0, 20.0))
+    r.cluster.restart(away, new_address=r.rng.random() < 0.3)
+    r.settle()
+    r.run_for(r.rng.uniform(1.0, 40.0))
+    for node_id in r.cluster.running_ids():
+        if r.cluster.nodes[node_id].core.catalog.latest(put.name) is not None:
+            r.violation(f"{put.name} was removed but is live again on {node_id[:4]}")
+
+
+@scenario(settings=CoreSettings(policy=Policy(shard_size=64 * 1024), memory_budget=1024 * 1024,
+                                max_inflight_bytes_per_peer=256 * 1024))
+def many_puts_small_memory(r: Run) -> None:
+    """Many concurrent puts and gets through one node with a small memory budget (1 MiB,
+    256 KiB in flight per peer): buffers stay within bounds and everything completes."""
+    via = r.pick()
+    records = [r.put(via=via, wait=False) for _ in range(r.rng.randint(3, 8))]
+    r.wait(*records)
+    for put in records:
+        r.expect(put.ok, f"put {put.name} failed: {put.final}")
+    gets = [r.get(p.name, via=via, wait=False) for p in records if p.ok]
+    r.wait(*gets)
+    for get in gets:
+        r.expect(get.ok, f"get {get.name} failed: {get.final}")
 
 
 @scenario(nodes=6)

@@ -20,11 +20,18 @@ def test_join_and_leave_become_visible_everywhere():
     assert 0 <= measure.leave(5, 1)["leave"] < 5.0
 
 
-def test_no_loss_no_false_suspicions_and_bytes_are_counted():
+def test_no_loss_no_false_suspicions():
     r = measure.false_positives(5, 1, 0.0, 300.0)
     assert r["suspicions"] == r["deaths"] == 0
     assert r["node_hours"] == pytest.approx(5 * 300 / 3600)
-    assert 20 < r["bytes_per_node_s"] < 2000  # a ping and an ack a second, and push-pulls
+
+
+def test_gossip_traffic_is_a_ping_and_an_ack_a_second_plus_push_pulls():
+    small, big = measure.gossip_traffic(5, 1, 60.0), measure.gossip_traffic(20, 1, 60.0)
+    assert 40 < small["datagram_rate"] < 200
+    assert small["exchange_bytes"] < big["exchange_bytes"]  # the state exchanged grows with N
+    assert big["bytes_per_node_s"] == pytest.approx(big["datagram_rate"] + big["exchange_bytes"] / 30.0)
+    assert measure.push_pull_period(1000, 30.0) == 180.0
 
 
 def test_heavy_loss_raises_suspicions_that_get_refuted():
