@@ -18,6 +18,7 @@ from peerstore.bench.runner import Bench, Options, Outcome
 from peerstore.bench.sources import safetensors_source, shape_for
 from peerstore.bench.throttle import DutyCycle
 from peerstore.policy import Policy
+from peerstore.testing.procs import ProcCluster
 
 MiB = 1024 * 1024
 
@@ -139,6 +140,18 @@ def test_a_failed_group_does_not_stop_the_run_but_fails_the_exit_code(tmp_path, 
     assert code == 1 and ran == ["dir"]
     assert json.loads(out.read_text())["failures"] == ["baselines: cp: No space left on device"]
     assert "No space left" in capsys.readouterr().err
+
+
+def test_a_failure_keeps_the_small_files_that_explain_it(tmp_path):
+    bench = Bench(Options(workdir=tmp_path, nodes=3))
+    bench.cluster = ProcCluster(tmp_path / "cluster", 3)  # configured, never started
+    piece = bench.cluster.nodes[1].data_dir / "pieces" / "ab" / ("ab" * 32)
+    piece.parent.mkdir(parents=True)
+    piece.write_bytes(b"x" * 1000)
+    kept = bench.keep_evidence("single file")
+    assert (kept / "node-0" / "config.yaml").exists()
+    assert (kept / "node-1" / "pieces.txt").read_text() == "ab" * 32 + "\n"
+    assert sum(f.stat().st_size for f in kept.rglob("*") if f.is_file()) < 64 * 1024
 
 
 def _run(tmp_path: Path, *args: str) -> dict:

@@ -18,16 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import blake3
-
-from peerstore.bench import baselines, profile
+from peerstore.bench import baselines, profile, report
 from peerstore.bench.commands import CommandFailed, Finished, Running, can_drop_page_cache, drop_page_cache
 from peerstore.bench.procstat import Meter, Usage
 from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult
-from peerstore.bench.sources import checkpoint_dir_source, safetensors_source, source_bytes
+from peerstore.bench.sources import checkpoint_dir_source, safetensors_source, same_bytes, source_bytes
+from peerstore.bench.stored import replica_pair, share_times, stored_manifest
 from peerstore.bench.throttle import DutyCycle
 from peerstore.config import format_size
-from peerstore.manifest import Manifest
 from peerstore.policy import Policy
 from peerstore.testing.procs import NodeProc, ProcCluster, wait_for
 
@@ -87,57 +85,6 @@ def command_timeout(nbytes: int) -> float:
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def stored_manifest(data_dir: Path, name: str) -> Manifest | None:
-    """The newest manifest named ``name`` a node holds, read straight from its files.
-
-    (Not through MetaStore: opening one sweeps temp files, unsafe beside a live node.)
-    """
-    best: Manifest | None = None
-    manifests = data_dir / "manifests"
-    for entry in os.scandir(manifests) if manifests.is_dir() else ():
-        if len(entry.name) != 64 or not entry.is_file():
-            continue
-        data = Path(entry.path).read_bytes()
-        if blake3.blake3(data).hexdigest() != entry.name:
-            continue
-        manifest = Manifest.decode(data)
-        if manifest.name == name and (best is None or manifest.version > best.version):
-            best = manifest
-    return best
-
-
-def replica_pair(manifest: Manifest, spare: str) -> tuple[str, str]:
-    """Both holders of one data shard, neither of them ``spare`` (the node the CLI talks
-    to). The placement hint of a stripe lists data0 A, data0 B, data1 A, ..., parity."""
-    for _, index, stripe in manifest.iter_stripes():
-        hint = manifest.placement[index]
-        for i in range(stripe.k):
-            a, b = hint[2 * i], hint[2 * i + 1]
-            if spare not in (a, b) and a != b:
-                return a, b
-    raise RuntimeError("no data shard has both replicas away from the coordinating node; "
-                       "run with more nodes")
-
-
-def same_bytes(a: Path, b: Path) -> bool:
-    """True if two files, or two directory trees, hold identical files."""
-    if a.is_dir() != b.is_dir():
-        return False
-    if a.is_dir():
-        names_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-        names_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-        return names_a == names_b and all(same_bytes(a / n, b / n) for n in names_a)
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    return _digest(a) == _digest(b)
-
-
-def _digest(path: Path) -> bytes:
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    hasher.update_mmap(str(path))
-    return hasher.digest()
 
 
 class Bench:
@@ -427,35 +374,21 @@ class Bench:
             assert proc is not None
             throttle = DutyCycle(proc.pid, self.options.slow_period, self.options.slow_fraction)
             result = self.put("put, 1 slow node", model, "bench/model-slow-peer", throttle=throttle)
-            result.notes = f"node {slow}: {throttle.describe()}"
+            shares = share_times(self._cluster(), "bench/model-slow-peer", result.extra["wall_clock_start"])
             result.extra.update(throttled_node=slow, throttle=throttle.describe(), throttle_cycles=throttle.cycles,
-                                **self.share_times("bench/model-slow-peer", result.extra["wall_clock_start"]))
-            healthy = next((r for r in self.results if r.phase == "put"), None)
+                                **shares)
+            result.notes = f"node {slow}: {throttle.describe()}"
+            done = shares.get("share_done_seconds", {})
+            others = [v for k, v in done.items() if k != f"node-{slow}" and v is not None]
+            if done.get(f"node-{slow}") is not None and others:
+                result.notes += (f"; its last piece landed at {done[f'node-{slow}']:.1f} s, "
+                                 f"the other nodes' by {max(others):.1f} s")
+            healthy = report.find(self.results, "put")
             if healthy is not None and healthy.mb_s > 0:
                 result.extra["ratio_to_unthrottled_put"] = result.mb_s / healthy.mb_s
+                result.notes += f"; {result.mb_s / healthy.mb_s:.2f}x the unthrottled put"
         if "concurrent" in want:
             self.concurrent_puts()
-
-    def share_times(self, name: str, started: float) -> dict[str, Any]:
-        """Per node: pieces of ``name`` it holds and when the last one landed (seconds
-        after the put started, from the piece files' mtimes)."""
-        c = self._cluster()
-        manifest = stored_manifest(c.nodes[0].data_dir, name)
-        if manifest is None:
-            return {}
-        ids = manifest.piece_ids()
-        pieces, last = {}, {}
-        for node in c.nodes:
-            times = []
-            for pid in ids:
-                path = node.data_dir / "pieces" / pid.hex()[:2] / pid.hex()
-                try:
-                    times.append(path.stat().st_mtime)
-                except FileNotFoundError:
-                    continue
-            pieces[f"node-{node.index}"] = len(times)
-            last[f"node-{node.index}"] = round(max(times) - started, 2) if times else None
-        return {"pieces_per_node": pieces, "share_done_seconds": last}
 
     def concurrent_puts(self) -> None:
         count = self.options.concurrent
@@ -510,9 +443,32 @@ class Bench:
         except PHASE_FAILURES as err:
             self.failures.append(f"{label}: {first_line(err)}")
             print(f"\npeerstore.bench: {label} failed:\n{err}", file=sys.stderr)
-            if self.cluster is not None and self.cluster.log_tails() not in str(err):
-                print(self.cluster.log_tails(), file=sys.stderr)
+            if self.cluster is not None:
+                if self.cluster.log_tails() not in str(err):
+                    print(self.cluster.log_tails(), file=sys.stderr)
+                kept = self.keep_evidence(label)
+                log(f"node logs, manifests and piece lists kept in {kept}")
             self.close_cluster()
+
+    def keep_evidence(self, label: str) -> Path:
+        """Copy what explains a failure (small files only) out of the cluster before it
+        is deleted: each node's log, id, manifests and the list of pieces it holds."""
+        c = self._cluster()
+        out = self.options.workdir / f"failed-{os.getpid()}-{profile.slug(label)}"
+        for node in c.nodes:
+            dest = out / f"node-{node.index}"
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in ("node.log", "config.yaml"):
+                if (node.root / name).exists():
+                    shutil.copy2(node.root / name, dest / name)
+            if (node.data_dir / "node.id").exists():
+                shutil.copy2(node.data_dir / "node.id", dest / "node.id")
+            if (node.data_dir / "manifests").is_dir():
+                shutil.copytree(node.data_dir / "manifests", dest / "manifests", dirs_exist_ok=True)
+            pieces = sorted(p.name for p in (node.data_dir / "pieces").rglob("*") if p.is_file()) \
+                if (node.data_dir / "pieces").is_dir() else []
+            (dest / "pieces.txt").write_text("".join(f"{name}\n" for name in pieces))
+        return out
 
     def run_sweep(self) -> None:
         """put and get of one source per shard size, each on a fresh cluster."""

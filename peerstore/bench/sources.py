@@ -10,6 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
+import blake3
+
 from peerstore.testing.make_checkpoint import resolve_shape, write_checkpoint_dir, write_safetensors
 
 # Largest first: the biggest architecture that still fits the requested size.
@@ -86,3 +88,22 @@ def checkpoint_dir_source(cache: Path, total: int, seed: int) -> Path:
 def source_bytes(path: Path) -> int:
     """Checkpoint bytes in a file or directory source."""
     return _tree_bytes(path)
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """True if two files, or two directory trees, hold identical files."""
+    if a.is_dir() != b.is_dir():
+        return False
+    if a.is_dir():
+        names_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+        names_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+        return names_a == names_b and all(same_bytes(a / n, b / n) for n in names_a)
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    return _digest(a) == _digest(b)
+
+
+def _digest(path: Path) -> bytes:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher.update_mmap(str(path))
+    return hasher.digest()
