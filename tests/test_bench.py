@@ -12,7 +12,7 @@ import pytest
 
 from peerstore.bench import cli
 from peerstore.bench.baselines import policy_writers, stored_factor
-from peerstore.bench.procstat import Meter
+from peerstore.bench.procstat import Meter, machine_busy_seconds
 from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult, aims
 from peerstore.bench.runner import Bench, Options, Outcome
 from peerstore.bench.sources import safetensors_source, shape_for
@@ -75,6 +75,14 @@ def test_meter_sees_a_process_peak_memory_and_cpu_time():
         child.wait()
     assert usage.peak_rss_mib["child"] >= 100  # freed before the end: only a peak tracker sees it
     assert usage.cpu_seconds["child"] > 0.1
+
+
+def test_machine_cpu_time_grows_while_something_runs():
+    before = machine_busy_seconds()
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        pass
+    assert machine_busy_seconds() - before >= 0.2
 
 
 def test_duty_cycle_stops_and_always_resumes_the_process():

@@ -28,6 +28,21 @@ def cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / CLOCK_TICKS
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all CPUs have spent not idle since boot (user, nice, system, irq,
+    softirq, steal), or None without /proc/stat. The difference over a phase, against
+    what the measured processes used, shows how much else ran (other jobs, writeback)."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != b"cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
 def status_kib(pid: int, key: str) -> int | None:
     """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM, ...), or None if unavailable."""
     prefix = key.encode() + b":"

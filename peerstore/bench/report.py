@@ -92,14 +92,15 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: in
 
 def phase_table(results: Sequence[PhaseResult], nodes: int) -> str:
     copy_once, policy = find(results, COPY_ONCE), find(results, POLICY_COPIES)
-    headers = ["phase", "MB/s", "x cp+sync", "x policy cp", "seconds", "CPU s"]
+    headers = ["phase", "MB/s", "x cp+sync", "x policy cp", "seconds", "CPU s", "all CPU s"]
     headers += [f"n{i} MiB" for i in range(nodes)] + ["anon MiB", "CLI MiB"]
     rows = []
     for r in results:
         peaks = [r.peak_rss_mib.get(f"node-{i}") for i in range(nodes)]
         rows.append([r.phase, "FAILED" if r.error else f"{r.mb_s:.0f}",
                      _fmt(ratio(r, copy_once)), _fmt(ratio(r, policy)),
-                     f"{r.seconds:.1f}", f"{r.cpu_total:.1f}", *(_fmt(p, 0) for p in peaks),
+                     f"{r.seconds:.1f}", f"{r.cpu_total:.1f}", _fmt(r.extra.get("machine_cpu_seconds"), 1),
+                     *(_fmt(p, 0) for p in peaks),
                      _fmt(max(anon.values(), default=None) if (anon := r.extra.get("peak_anon_mib")) else None, 0),
                      _fmt(r.cli_peak_rss_mib, 0)])
     return format_table(headers, rows)

@@ -20,7 +20,7 @@ from typing import Any
 
 from peerstore.bench import baselines, profile, report
 from peerstore.bench.commands import CommandFailed, Finished, Running, can_drop_page_cache, drop_page_cache
-from peerstore.bench.procstat import Meter, Usage
+from peerstore.bench.procstat import Meter, Usage, machine_busy_seconds
 from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult
 from peerstore.bench.sources import checkpoint_dir_source, safetensors_source, same_bytes, source_bytes
 from peerstore.bench.stored import replica_pair, share_times, stored_manifest
@@ -196,7 +196,7 @@ class Bench:
                 meter.watch(f"node-{node.index}", node.proc.pid)
         log(f"{phase} ...")
         recorder = self._profiler(phase, nodes)
-        started = time.monotonic()
+        started, machine_before = time.monotonic(), machine_busy_seconds()
         try:
             with meter:
                 outcome = body()
@@ -207,6 +207,9 @@ class Bench:
         finally:
             if recorder is not None:
                 self.profiles += [profile.summarise(path) for path in recorder.stop().values()]
+        machine_after = machine_busy_seconds()
+        if machine_before is not None and machine_after is not None:
+            outcome.extra["machine_cpu_seconds"] = round(machine_after - machine_before, 2)
         result = self._record(phase, kind, outcome, meter.stop(), nodes)
         if recorder is not None:
             result.notes = "; ".join(filter(None, [result.notes, "profiled (py-spy running): slower"]))
