@@ -97,3 +97,55 @@ def test_concurrent_puts_share_the_memory_budget_and_resume_when_it_frees():
     assert all(r.ok for r in records), [r.final for r in records]
     assert cluster.loop.now < 5.0  # no stall waiting for a timer
     assert cluster.violations == []  # buffers within budget + one stripe, in flight within limit + one piece
+
+
+def test_a_stripe_being_delivered_is_not_fetched_again_when_membership_changes():
+    """Found by ``sim.chaos --scenario random --seed 2125``: a node returned while a get
+    was handing a stripe to its client; the get fetched that stripe's pieces again, and
+    the handles of the second copies were never released (the shell's memory leaked)."""
+    a, b, c, d, e = (ch * 16 for ch in "abcde")
+    stripe = StripeEntry(k=4, p=2, block_size=SHARD, data_ids=tuple(_pid(i) for i in range(4)),
+                         data_lengths=(SHARD,) * 4, parity_ids=(_pid(4), _pid(5)))
+    manifest = Manifest(
+        name="run/x", version=VersionId(1, b), policy=Policy(shard_size=SHARD),
+        files=(FileEntry("m", 4 * SHARD, 0o644, _pid(9), (stripe,)),),
+        placement=((b, c, b, c, d, e, d, e, b, c),), tolerance=1, created=0.0, is_dir=False,
+    )
+    core = NodeCore(a, CoreSettings(policy=Policy(shard_size=SHARD)), random.Random(1),
+                    catalog=Catalog(entries=[CatalogEntry.for_manifest(manifest)]), alive=frozenset({a, b, c, d}))
+    issued, released, delivered, late_fetches = set(), set(), set(), []
+    handles = iter(range(100, 1000))
+    queue = list(core.handle(0.0, ev.GetCommand("client", "run/x")))
+    finals = []
+    for _ in range(500):
+        if not queue:
+            break
+        effect = queue.pop(0)
+        out: list = []
+        if isinstance(effect, ev.LoadManifest):
+            out = core.handle(0.0, ev.ManifestLoaded(effect.tag, manifest.encode()))
+        elif isinstance(effect, ev.Send) and isinstance(effect.message, msg.FetchPiece):
+            if delivered:
+                late_fetches.append(effect.message.piece_id)
+            handle = next(handles)
+            issued.add(handle)
+            m = effect.message
+            out = core.handle(0.0, ev.MessageReceived(effect.peer, msg.PieceData(m.req, piece_id=m.piece_id,
+                                                                                   found=True), handle))
+        elif isinstance(effect, ev.Send):
+            continue  # catalog sync with the returning node: not answered here
+        elif isinstance(effect, ev.VerifyPiece):
+            out = core.handle(0.0, ev.PieceVerified(effect.tag, True))
+        elif isinstance(effect, ev.ReleaseHandles):
+            released.update(effect.handles)
+        elif isinstance(effect, ev.DeliverStripe):
+            delivered.update(h for _, h in effect.pieces)
+            # A node comes back while the stripe is on its way to the client.
+            out = core.handle(0.0, ev.MembersChanged(frozenset({a, b, c, d, e})))
+            out += core.handle(0.1, ev.StripeDelivered(effect.op, effect.stripe, True))
+        elif isinstance(effect, ev.Reply) and effect.final:
+            finals.append(effect.body)
+        queue += out
+    assert finals and isinstance(finals[0], ev.GetDone), finals
+    assert late_fetches == []
+    assert issued - released - delivered == set(), "handles leaked"

@@ -162,6 +162,8 @@ class GetOperation(Operation):
         """Keep at least k positions verified or being fetched: data positions first (each
         from its primary, then its other replica), then parity; when no hinted source is
         left, every live node becomes a candidate once. Fail when nothing is left."""
+        if self._handed_over(fetch):
+            return  # its pieces are with the shell, on their way to the client
         k = fetch.entry.k
         while not self.finished and sum(p.settled_or_busy for p in fetch.positions) < k:
             started = False
@@ -237,7 +239,7 @@ class GetOperation(Operation):
     def _verified(self, now: float, number: int, position: Position, peer: str,
                   handle: Any, ok: bool) -> None:
         fetch = self.fetching.get(number)
-        if self.finished or fetch is None:
+        if self.finished or fetch is None or self._handed_over(fetch):
             self.node.emit(ev.ReleaseHandles((handle,)))
             return
         if not ok:
@@ -260,6 +262,10 @@ class GetOperation(Operation):
         fetch = self.fetching.get(number)
         if not self.finished and fetch is not None:
             self._schedule(now, fetch)
+
+    def _handed_over(self, fetch: StripeFetch) -> bool:
+        """Is this the stripe whose DeliverStripe the shell is carrying out?"""
+        return self.delivering and fetch.number == self.next_deliver
 
     def _fail_stripe(self, fetch: StripeFetch) -> None:
         k = fetch.entry.k
