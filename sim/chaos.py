@@ -50,16 +50,17 @@ def sweep(names: Iterable[str], seeds: range, nodes: int | None, out=None) -> in
     out = out or sys.stdout
     failures = 0
     for name in names:
-        started, bad, virtual = time.monotonic(), 0, 0.0
+        started, bad, noted, virtual = time.monotonic(), 0, 0, 0.0
         for seed in seeds:
             result = run(name, seed, nodes=nodes)
             virtual += result.virtual_time
+            noted += bool(result.notes)
             if not result.ok:
                 bad += 1
                 print(f"FAIL {name} seed={seed}: {result.violations[0]}", file=out)
                 print(f"     reproduce: {result.reproduce}", file=out)
         failures += bad
-        print(f"{name:26s} {len(seeds):5d} seeds  {bad:3d} failed  {virtual:9.0f}s virtual  "
+        print(f"{name:26s} {len(seeds):5d} seeds  {bad:3d} failed  {noted:4d} with notes  {virtual:9.0f}s virtual  "
               f"{time.monotonic() - started:7.1f}s wall", file=out, flush=True)
     return failures
 

@@ -99,6 +99,7 @@ class Cluster:
         form: bool | str = True,
         form_timeout: float = 60.0,
         booted: int | None = None,
+        mdns: bool = True,
     ):
         if membership not in ("swim", "static"):
             raise ValueError(f"membership must be 'swim' or 'static', got {membership!r}")
@@ -118,6 +119,8 @@ class Cluster:
         self.incarnation = incarnation
         self.wire_roundtrip = wire_roundtrip
         self.gossip_stream_timeout = gossip_stream_timeout
+        self.mdns = mdns
+        self.mdns_rng = self.seeds.rng("fault", "mdns")
         self.ids = [f"{i + 1:02x}" + model_id("node", seed, i).hex()[:14] for i in range(n)]
         self.nodes: dict[str, SimNode] = {}
         self.addr_owner: dict[Addr, str] = {}
@@ -190,6 +193,8 @@ class Cluster:
             if node.core is not None:
                 node.glue.publish_catalog(node.core, node.swim)
             self._swim_effects(node, node.swim.start(now, seeds))
+            if self.mdns and self.loop.now > 0:
+                self._announce_mdns(node)
         if node.core is not None:
             self.loop.after(0.0, self.feed, node.node_id, ev.Started(), node.boot)
 
@@ -335,6 +340,27 @@ class Cluster:
                 self._core_effects(node, core_effects)
         if node.swim is swim:
             self._schedule_swim_tick(node)
+
+    def _announce_mdns(self, node: SimNode) -> None:
+        """mDNS: a node that starts or changes address is announced on the LAN; every
+        node that hears it (its side of any partition) adds it as a seed, and it adds
+        every node its own browse finds, as the daemon does with each discovery."""
+        delay = self.mdns_rng.uniform(0.05, 1.0)
+        self.loop.after(delay, self._mdns_heard, node.node_id, node.boot, node.addr)
+
+    def _mdns_heard(self, node_id: str, boot: int, addr: Addr) -> None:
+        node = self.nodes[node_id]
+        if node.boot != boot or node.addr != addr or not node.running:
+            return
+        heard = [n for n in self.nodes.values() if n is not node and n.running and n.swim is not None
+                 and self.net.reachable(n.node_id, node_id) and self.net.reachable(node_id, n.node_id)]
+        for other in heard:
+            self._input(other, other.boot, self._add_seeds, [addr])
+        self._input(node, boot, self._add_seeds, [n.addr for n in heard][:16])
+
+    def _add_seeds(self, node: SimNode, addrs: list[Addr]) -> None:
+        assert node.swim is not None
+        self._swim_effects(node, node.swim.add_seeds(self.loop.now, addrs))
 
     def _mdns_seeds(self, node: SimNode) -> list[Addr]:
         """What an mDNS browse finds: running nodes on our side of any partition."""
@@ -811,6 +837,8 @@ class Cluster:
             if node_id in key:
                 conn.zombie = True
         self._input(node, node.boot, lambda n: self._swim_effects(n, n.swim.set_addr(self.loop.now, n.addr)))
+        if self.mdns:
+            self._announce_mdns(node)
 
     def leave(self, node_id: str) -> None:
         """Graceful shutdown (SIGTERM): announce leaving, gossip a moment, then stop."""

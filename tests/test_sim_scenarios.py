@@ -137,3 +137,18 @@ def test_an_incarnation_that_does_not_survive_restart_is_caught(incarnation):
 def test_scenario_sweep(name):
     failed = [r for r in (run(name, seed) for seed in range(1000, 1100)) if not r.ok]
     assert not failed, "\n".join(f"{r.reproduce}: {r.violations[0]}" for r in failed)
+
+
+def test_runs_do_not_depend_on_the_process_hash_seed():
+    """Set iteration order changes with PYTHONHASHSEED: a run must not depend on it."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from sim.scenarios import run; print(run('random', 5).digest, run('flapping-node', 5).digest)"
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
