@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each period the slow node is stopped (default 0.5)")
     p.add_argument("--slow-period", type=_bounded(float, 0.01, 10.0), default=0.2,
                    help="the slow node's stop/continue period in seconds (default 0.2)")
+    p.add_argument("--repeat", type=_bounded(int, 1, 9), default=1,
+                   help="with --sweep-shard-size: rounds over all sizes; rows show the median (default 1)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record every node with py-spy (pip install py-spy) during each phase into DIR "
                         "and print where the time goes; profiled figures are slower")
@@ -131,7 +133,7 @@ def options_from(args: argparse.Namespace) -> Options:
         keep=args.keep, drop_caches=can_drop_page_cache() if args.drop_caches is None else args.drop_caches,
         verify=args.verify, dir_size=args.dir_size, concurrent=args.concurrent,
         concurrent_size=args.concurrent_size, slow_period=args.slow_period, slow_fraction=args.slow_fraction,
-        sweep=args.sweep_shard_size or (), profile_dir=args.profile.resolve() if args.profile else None,
+        sweep=args.sweep_shard_size or (), repeat=args.repeat, profile_dir=args.profile.resolve() if args.profile else None,
     )
 
 

@@ -124,9 +124,10 @@ def phase_json(result: PhaseResult, results: Sequence[PhaseResult]) -> dict[str,
 
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
-    headers = ["shard size", "put MB/s", "get MB/s", "put CPU s", "get CPU s", "put peak MiB", "get peak MiB",
-               "pieces"]
-    cells = [[r["shard_size"], f"{r['put_mb_s']:.0f}", f"{r['get_mb_s']:.0f}", f"{r['put_cpu_seconds']:.1f}",
+    headers = ["shard size", "runs", "put MB/s", "get MB/s", "put CPU s", "get CPU s", "put peak MiB",
+               "get peak MiB", "pieces"]
+    cells = [[r["shard_size"], str(r["runs"]), f"{r['put_mb_s']:.0f}", f"{r['get_mb_s']:.0f}",
+              f"{r['put_cpu_seconds']:.1f}",
               f"{r['get_cpu_seconds']:.1f}", _fmt(r["put_peak_rss_mib"], 0), _fmt(r["get_peak_rss_mib"], 0),
               str(r["pieces"])] for r in rows]
     return format_table(headers, cells)

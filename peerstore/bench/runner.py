@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class Options:
     slow_fraction: float = 0.5
     sweep: tuple[int, ...] = ()
     profile_dir: Path | None = None  # py-spy every node during each cluster phase
+    repeat: int = 1  # sweep rounds
 
 
 @dataclass
@@ -474,27 +476,42 @@ class Bench:
         return out
 
     def run_sweep(self) -> None:
-        """put and get of one source per shard size, each on a fresh cluster."""
+        """put and get of one source per shard size, each on a fresh cluster; with
+        ``repeat`` the sizes are run round after round (so drift in the machine's load
+        hits every size alike) and each row reports the median."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        runs: dict[int, list[tuple[PhaseResult, PhaseResult]]] = {size: [] for size in self.options.sweep}
         try:
             if "baselines" in self.options.only:
                 self.run_group("baselines", lambda: self.run_baselines(self.model(seed=0)))
-            for shard_size in self.options.sweep:
-                self.run_group(f"shard size {format_size(shard_size)}", lambda: self.sweep_one(shard_size))
+            for round_ in range(1, self.options.repeat + 1):
+                for shard_size in self.options.sweep:
+                    label = format_size(shard_size) + (f" #{round_}" if self.options.repeat > 1 else "")
+                    self.run_group(f"shard size {label}", lambda size=shard_size, label=label: runs[size].append(
+                        self.sweep_once(size, label)))
         finally:
             self.cleanup()
+        self.sweep_rows = [sweep_row(size, done) for size, done in runs.items() if done]
 
-    def sweep_one(self, shard_size: int) -> None:
-        label = format_size(shard_size)
+    def sweep_once(self, shard_size: int, label: str) -> tuple[PhaseResult, PhaseResult]:
         model = self.model(seed=0)
         self.fresh_cluster(shard_size)
         put = self.put(f"put, shards {label}", model, "bench/sweep")
         get = self.get(f"get, shards {label}", "bench/sweep", model)
-        self.sweep_rows.append({
-            "shard_size": label, "shard_bytes": shard_size,
-            "put_mb_s": put.mb_s, "get_mb_s": get.mb_s,
-            "put_cpu_seconds": put.cpu_total, "get_cpu_seconds": get.cpu_total,
-            "put_peak_rss_mib": put.max_peak_rss_mib, "get_peak_rss_mib": get.max_peak_rss_mib,
-            "put_peak_anon_mib": max(put.extra.get("peak_anon_mib", {}).values(), default=None),
-            "pieces": put.extra.get("pieces"),
-        })
+        return put, get
+
+
+def sweep_row(shard_size: int, runs: list[tuple[PhaseResult, PhaseResult]]) -> dict[str, Any]:
+    """One shard size: median rates and CPU over its runs, the highest peaks."""
+    puts, gets = [p for p, _ in runs], [g for _, g in runs]
+    return {
+        "shard_size": format_size(shard_size), "shard_bytes": shard_size, "runs": len(runs),
+        "put_mb_s": statistics.median(p.mb_s for p in puts), "get_mb_s": statistics.median(g.mb_s for g in gets),
+        "put_mb_s_all": [round(p.mb_s, 1) for p in puts], "get_mb_s_all": [round(g.mb_s, 1) for g in gets],
+        "put_cpu_seconds": statistics.median(p.cpu_total for p in puts),
+        "get_cpu_seconds": statistics.median(g.cpu_total for g in gets),
+        "put_peak_rss_mib": max((p.max_peak_rss_mib or 0.0) for p in puts),
+        "get_peak_rss_mib": max((g.max_peak_rss_mib or 0.0) for g in gets),
+        "put_peak_anon_mib": max(max(p.extra.get("peak_anon_mib", {}).values(), default=0.0) for p in puts),
+        "pieces": puts[0].extra.get("pieces"),
+    }
