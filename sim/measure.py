@@ -78,8 +78,10 @@ class Tracker:
 
 
 def _cluster(n: int, seed: int, *, booted: int | None = None, loss: float = 0.0) -> tuple[Cluster, Tracker]:
+    # mDNS off: these numbers are SWIM's own (with mDNS a joining node is also found by
+    # every browser on the LAN, which only makes joins faster).
     cluster = Cluster(n, seed, cores=False, form="warm", wire_roundtrip=n <= 20, booted=booted,
-                      link=LinkModel(loss=loss))
+                      link=LinkModel(loss=loss), mdns=False)
     return cluster, Tracker(cluster)
 
 
