@@ -173,7 +173,7 @@ def _run(tmp_path: Path, *args: str) -> dict:
 
 @pytest.mark.procs
 def test_a_small_run_measures_every_selected_phase(tmp_path):
-    data = _run(tmp_path, "--only", "baselines,put,get,get_2down")
+    data = _run(tmp_path, "--only", "baselines,put,get,get_2down", "--profile", str(tmp_path / "profiles"))
     phases = {p["phase"]: p for p in data["phases"]}
     assert list(phases) == [COPY_ONCE, POLICY_COPIES, "put", "get", "get, 1 node down", "get, 2 nodes down"]
     for p in phases.values():

@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = report_json(bench, argv, started)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
+        args.json.write_text(json.dumps(data, indent=2, default=str) + "\n")
     if bench.results:
         print_report(bench, data)
     if not args.clean:

@@ -15,8 +15,8 @@ KiB = 1024
 MiB = 1024 * 1024
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of every thread of ``pid`` so far, or None if it is gone."""
+def cpu_split(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of every thread of ``pid`` so far, or None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -24,8 +24,7 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(b")") + 2:].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 def machine_busy_seconds() -> float | None:
@@ -70,8 +69,8 @@ def reset_peak_rss(pid: int) -> bool:
 class _Watched:
     label: str
     pid: int
-    cpu_start: float | None
-    cpu_last: float | None
+    cpu_start: tuple[float, float] | None
+    cpu_last: tuple[float, float] | None
     peak_kib: int = 0
     peak_anon_kib: int = 0
     hwm_reset: bool = False
@@ -82,6 +81,7 @@ class Usage:
     """What the watched processes used over one phase."""
 
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    system_cpu_seconds: dict[str, float] = field(default_factory=dict)  # the kernel's part of cpu_seconds
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
     peak_anon_mib: dict[str, float] = field(default_factory=dict)  # sampled RssAnon: heap, not page cache
     peak_from_hwm: bool = False  # True when every peak is the kernel's high-water mark
@@ -108,12 +108,12 @@ class Meter:
         with self._lock:
             if pid in self._watched:
                 return
-            cpu = cpu_seconds(pid)
+            cpu = cpu_split(pid)
             self._watched[pid] = _Watched(label, pid, cpu, cpu, hwm_reset=reset_peak_rss(pid))
             self._sample_one(self._watched[pid])
 
     def _sample_one(self, w: _Watched) -> None:
-        cpu = cpu_seconds(w.pid)
+        cpu = cpu_split(w.pid)
         if cpu is None:
             return
         w.cpu_last = cpu
@@ -153,8 +153,10 @@ class Meter:
         usage = Usage(peak_from_hwm=bool(self._watched) and all(w.hwm_reset for w in self._watched.values()))
         with self._lock:
             for w in self._watched.values():
-                spent = (w.cpu_last or 0.0) - (w.cpu_start or 0.0)
-                usage.cpu_seconds[w.label] = usage.cpu_seconds.get(w.label, 0.0) + max(spent, 0.0)
+                start, last = w.cpu_start or (0.0, 0.0), w.cpu_last or (0.0, 0.0)
+                user, system = max(last[0] - start[0], 0.0), max(last[1] - start[1], 0.0)
+                usage.cpu_seconds[w.label] = usage.cpu_seconds.get(w.label, 0.0) + user + system
+                usage.system_cpu_seconds[w.label] = usage.system_cpu_seconds.get(w.label, 0.0) + system
                 usage.peak_rss_mib[w.label] = max(usage.peak_rss_mib.get(w.label, 0.0), w.peak_kib * KiB / MiB)
                 usage.peak_anon_mib[w.label] = max(usage.peak_anon_mib.get(w.label, 0.0),
                                                    w.peak_anon_kib * KiB / MiB)

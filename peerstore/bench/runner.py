@@ -239,6 +239,8 @@ class Bench:
         result.extra.setdefault("peak_rss_from_hwm", usage.peak_from_hwm)
         if nodes:
             result.extra["cpu_seconds_per_node"] = {k: round(v, 2) for k, v in usage.cpu_seconds.items()}
+            result.extra["system_cpu_seconds_per_node"] = {k: round(v, 2)
+                                                           for k, v in usage.system_cpu_seconds.items()}
             result.extra["peak_anon_mib"] = {k: round(v, 1) for k, v in usage.peak_anon_mib.items()}
         self.results.append(result)
         if error:
