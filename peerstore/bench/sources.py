@@ -18,8 +18,11 @@ from peerstore.testing.make_checkpoint import resolve_shape, write_checkpoint_di
 SHAPE_PREFERENCE = ("llama-1b", "llama-0.5b", "llama-135m", "tiny")
 
 
-def shape_for(size: int) -> str:
-    """The largest Llama-family shape whose scaled tensor data fits in about ``size`` bytes."""
+def shape_for(size: int | None) -> str:
+    """The largest Llama-family shape whose scaled tensor data fits in about ``size`` bytes
+    (``None``: Llama-3.2-1B as published)."""
+    if size is None:
+        return SHAPE_PREFERENCE[0]
     for shape in SHAPE_PREFERENCE:
         try:
             resolve_shape(shape, size)
@@ -55,10 +58,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def safetensors_source(cache: Path, size: int, seed: int) -> Path:
-    """A Llama-shaped ``.safetensors`` of about ``size`` bytes under ``cache``."""
+def safetensors_source(cache: Path, size: int | None, seed: int) -> Path:
+    """A Llama-shaped ``.safetensors`` of about ``size`` bytes under ``cache``; ``None``
+    means the unscaled Llama-3.2-1B shape (2.47 GB)."""
     shape = shape_for(size)
-    path = cache / f"{shape}-{size}-seed{seed}.safetensors"
+    path = cache / f"{shape}-{'native' if size is None else size}-seed{seed}.safetensors"
     recipe = {"kind": "safetensors", "shape": shape, "size": size, "seed": seed}
     if not _cached(path, recipe):
         cache.mkdir(parents=True, exist_ok=True)
