@@ -52,17 +52,27 @@ def ratio(result: PhaseResult, baseline: PhaseResult | None) -> float | None:
     return result.mb_s / baseline.mb_s
 
 
+AGAIN = " (again at end)"
+
+
 def find(results: Sequence[PhaseResult], phase: str) -> PhaseResult | None:
     """The successful result of ``phase``, if any."""
     return next((r for r in results if r.phase == phase and not r.error), None)
+
+
+def baseline(results: Sequence[PhaseResult], name: str) -> PhaseResult | None:
+    """The faster run of baseline ``name`` (it runs before and after the cluster phases,
+    and other jobs on the machine only ever slow it down), if any succeeded."""
+    runs = [r for r in results if r.phase in (name, name + AGAIN) and not r.error]
+    return max(runs, key=lambda r: r.mb_s, default=None)
 
 
 def aims(results: Sequence[PhaseResult]) -> list[dict[str, Any]]:
     """Each aim of issue 5 this run can judge: its measured value and whether it is met."""
     out = []
     for phase, baseline_name, floor in RATIO_AIMS:
-        result, baseline = find(results, phase), find(results, baseline_name)
-        value = ratio(result, baseline) if result else None
+        result = find(results, phase)
+        value = ratio(result, baseline(results, baseline_name)) if result else None
         if value is not None:
             out.append({"aim": f"{phase} >= {floor} x {baseline_name}", "value": round(value, 3),
                         "met": value >= floor})
@@ -91,7 +101,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: in
 
 
 def phase_table(results: Sequence[PhaseResult], nodes: int) -> str:
-    copy_once, policy = find(results, COPY_ONCE), find(results, POLICY_COPIES)
+    copy_once, policy = baseline(results, COPY_ONCE), baseline(results, POLICY_COPIES)
     headers = ["phase", "MB/s", "x cp+sync", "x policy cp", "seconds", "CPU s", "all CPU s"]
     headers += [f"n{i} MiB" for i in range(nodes)] + ["anon MiB", "CLI MiB"]
     rows = []
@@ -118,8 +128,8 @@ def phase_json(result: PhaseResult, results: Sequence[PhaseResult]) -> dict[str,
     data = asdict(result)
     data["mb_s"] = round(result.mb_s, 2)
     data["cpu_seconds"]["total"] = round(result.cpu_total, 3)
-    data["ratio_to_copy_once"] = ratio(result, find(results, COPY_ONCE))
-    data["ratio_to_policy_copies"] = ratio(result, find(results, POLICY_COPIES))
+    data["ratio_to_copy_once"] = ratio(result, baseline(results, COPY_ONCE))
+    data["ratio_to_policy_copies"] = ratio(result, baseline(results, POLICY_COPIES))
     return data
 
 

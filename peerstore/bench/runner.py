@@ -304,7 +304,7 @@ class Bench:
         finally:
             shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
 
-    def run_baselines(self, source: Path) -> None:
+    def run_baselines(self, source: Path, suffix: str = "") -> None:
         timeout = command_timeout(3 * source_bytes(source))
         scratch = self.run_dir / "baselines"
 
@@ -322,8 +322,8 @@ class Bench:
                 f"{run.sync_seconds:.1f} s"),
                 extra=self._baseline_extra(run), tool_cpu_seconds=run.cpu_seconds)
 
-        self.measure(COPY_ONCE, "baseline", copy_once, meter_nodes=False)
-        self.measure(POLICY_COPIES, "baseline", policy_copies, meter_nodes=False)
+        self.measure(COPY_ONCE + suffix, "baseline", copy_once, meter_nodes=False)
+        self.measure(POLICY_COPIES + suffix, "baseline", policy_copies, meter_nodes=False)
         shutil.rmtree(scratch, ignore_errors=True)
 
     @staticmethod
@@ -437,6 +437,8 @@ class Bench:
             groups.append(("directory", self.run_dir_group))
         if want & {"slow", "concurrent"}:
             groups.append(("slow node and concurrency", lambda: self.run_slow_group(self.model(seed=0), selected)))
+        if "baselines" in want and len(groups) > 1:  # bracket the cluster phases: the machine may drift
+            groups.append(("baselines again", lambda: self.run_baselines(self.model(seed=0), report.AGAIN)))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             for label, group in groups:
