@@ -145,7 +145,7 @@ def test_a_failed_phase_is_recorded_and_reraised(tmp_path):
 def test_a_failed_group_does_not_stop_the_run_but_fails_the_exit_code(tmp_path, monkeypatch, capsys):
     ran = []
 
-    def broken(self, source):
+    def broken(self, source, suffix=""):
         raise RuntimeError("cp: No space left on device")
 
     monkeypatch.setattr(Bench, "run_baselines", broken)
