@@ -46,13 +46,13 @@ def summary(result: Result, *, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def sweep(names: Iterable[str], seeds: range, nodes: int | None, out=None) -> int:
+def sweep(names: Iterable[str], seeds: range, nodes: int | None, out=None, mdns: bool = True) -> int:
     out = out or sys.stdout
     failures = 0
     for name in names:
         started, bad, noted, virtual = time.monotonic(), 0, 0, 0.0
         for seed in seeds:
-            result = run(name, seed, nodes=nodes)
+            result = run(name, seed, nodes=nodes, mdns=mdns)
             virtual += result.virtual_time
             noted += bool(result.notes)
             if not result.ok:
@@ -65,13 +65,13 @@ def sweep(names: Iterable[str], seeds: range, nodes: int | None, out=None) -> in
     return failures
 
 
-def check_determinism(names: Iterable[str], seeds: range, nodes: int | None, out=None) -> int:
+def check_determinism(names: Iterable[str], seeds: range, nodes: int | None, out=None, mdns: bool = True) -> int:
     """Run each (scenario, seed) twice; the trace digests and results must match."""
     out = out or sys.stdout
     mismatches = 0
     for name in names:
         for seed in seeds:
-            first, second = run(name, seed, nodes=nodes), run(name, seed, nodes=nodes)
+            first, second = run(name, seed, nodes=nodes, mdns=mdns), run(name, seed, nodes=nodes, mdns=mdns)
             same = (first.digest, first.violations, first.operations) == (
                 second.digest, second.violations, second.operations)
             if not same:
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, help="cluster size (default: the scenario's)")
     parser.add_argument("--check-determinism", action="store_true",
                         help="run every seed twice and compare the trace digests")
+    parser.add_argument("--no-mdns", action="store_true", help="static seeds only: no multicast discovery")
     parser.add_argument("--verbose", action="store_true", help="show every fault of a single run")
     args = parser.parse_args(argv)
 
@@ -123,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --seed S for one run, --seeds N for a sweep, or --list")
 
     if args.check_determinism:
-        return 1 if check_determinism(names, seeds, args.nodes) else 0
+        return 1 if check_determinism(names, seeds, args.nodes, mdns=not args.no_mdns) else 0
     if args.seed is not None and len(names) == 1:
-        result = run(names[0], args.seed, nodes=args.nodes)
+        result = run(names[0], args.seed, nodes=args.nodes, mdns=not args.no_mdns)
         print(summary(result, verbose=args.verbose))
         return 0 if result.ok else 1
-    return 1 if sweep(names, seeds, args.nodes) else 0
+    return 1 if sweep(names, seeds, args.nodes, mdns=not args.no_mdns) else 0
 
 
 if __name__ == "__main__":

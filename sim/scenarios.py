@@ -51,6 +51,7 @@ class Result:
     wall_time: float = 0.0
     notes: list[str] = field(default_factory=list)
     fault_log: list[str] = field(default_factory=list)
+    mdns: bool = True
 
     @property
     def ok(self) -> bool:
@@ -58,7 +59,8 @@ class Result:
 
     @property
     def reproduce(self) -> str:
-        return f"python -m sim.chaos --scenario {self.name} --seed {self.seed} --nodes {self.nodes}"
+        flags = "" if self.mdns else " --no-mdns"
+        return f"python -m sim.chaos --scenario {self.name} --seed {self.seed} --nodes {self.nodes}{flags}"
 
 
 class Run:
@@ -194,15 +196,16 @@ def scenario(nodes: int = 5, **cluster_options: Any) -> Callable[[Callable[[Run]
 
 
 def run(name: str, seed: int, *, nodes: int | None = None, core_class: type[NodeCore] = NodeCore,
-        incarnation: Callable[[int], int] = boot_incarnation, final: bool = True) -> Result:
-    """Run scenario ``name`` with ``seed``; the Result lists every invariant violation."""
+        incarnation: Callable[[int], int] = boot_incarnation, final: bool = True, mdns: bool = True) -> Result:
+    """Run scenario ``name`` with ``seed``; the Result lists every invariant violation.
+    ``mdns=False`` models static ``seeds:`` only (no multicast discovery)."""
     spec = SCENARIOS[name]
     count = nodes if nodes is not None else spec.nodes
     if count < MIN_NODES:
         raise ValueError(f"scenario {name} needs at least {MIN_NODES} nodes, got {count}")
-    result = Result(name, seed, count)
+    result = Result(name, seed, count, mdns=mdns)
     started = time.monotonic()
-    options = {**spec.options, "core_class": core_class, "incarnation": incarnation}
+    options = {**spec.options, "core_class": core_class, "incarnation": incarnation, "mdns": mdns}
     the_run: Run | None = None
     try:
         the_run = Run(name, seed, count, options)
