@@ -413,7 +413,7 @@ class Bench:
                 for r in running:
                     r.kill()
             seconds = time.monotonic() - started
-            return Outcome(total, seconds, finished, notes=f"{count} CLI puts at once via node 0",
+            return Outcome(total, seconds, finished, notes=f"{count} CLI puts at once via node 0, {total // count / 1e6:.0f} MB each",
                            extra={"each_seconds": [round(f.seconds, 2) for f in finished]})
 
         self.measure(f"{count} puts at once", "put", body)
