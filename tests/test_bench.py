@@ -165,8 +165,10 @@ def test_a_failure_keeps_the_small_files_that_explain_it(tmp_path):
     piece = bench.cluster.nodes[1].data_dir / "pieces" / "ab" / ("ab" * 32)
     piece.parent.mkdir(parents=True)
     piece.write_bytes(b"x" * 1000)
+    bench.cluster.nodes[0].log_path.write_text("boom\n")
     kept = bench.keep_evidence("single file")
-    assert (kept / "node-0" / "config.yaml").exists()
+    assert (kept / "node-0" / "node.log").read_text() == "boom\n"
+    assert not any(p.name == "config.yaml" for p in kept.rglob("*")), "the cluster key was copied"
     assert (kept / "node-1" / "pieces.txt").read_text() == "ab" * 32 + "\n"
     assert sum(f.stat().st_size for f in kept.rglob("*") if f.is_file()) < 64 * 1024
 

@@ -133,7 +133,8 @@ def options_from(args: argparse.Namespace) -> Options:
         keep=args.keep, drop_caches=can_drop_page_cache() if args.drop_caches is None else args.drop_caches,
         verify=args.verify, dir_size=args.dir_size, concurrent=args.concurrent,
         concurrent_size=args.concurrent_size, slow_period=args.slow_period, slow_fraction=args.slow_fraction,
-        sweep=args.sweep_shard_size or (), repeat=args.repeat, profile_dir=args.profile.resolve() if args.profile else None,
+        sweep=args.sweep_shard_size or (), repeat=args.repeat,
+        profile_dir=args.profile.resolve() if args.profile else None,
     )
 
 

@@ -328,7 +328,8 @@ class Bench:
 
     @staticmethod
     def _baseline_extra(run: baselines.BaselineRun) -> dict[str, Any]:
-        return {"copy_seconds": run.copy_seconds, "sync_seconds": run.sync_seconds, "bytes_written": run.written_bytes, "writers": run.writers}
+        return {"copy_seconds": run.copy_seconds, "sync_seconds": run.sync_seconds,
+                "bytes_written": run.written_bytes, "writers": run.writers}
 
     def run_single_file_group(self, model: Path, want: frozenset[str]) -> None:
         """put, put --stream, then gets healthy, with one node down, with two down."""
@@ -413,7 +414,8 @@ class Bench:
                 for r in running:
                     r.kill()
             seconds = time.monotonic() - started
-            return Outcome(total, seconds, finished, notes=f"{count} CLI puts at once via node 0, {total // count / 1e6:.0f} MB each",
+            return Outcome(total, seconds, finished,
+                           notes=f"{count} CLI puts at once via node 0, {total // count / 1e6:.0f} MB each",
                            extra={"each_seconds": [round(f.seconds, 2) for f in finished]})
 
         self.measure(f"{count} puts at once", "put", body)
@@ -467,9 +469,8 @@ class Bench:
         for node in c.nodes:
             dest = out / f"node-{node.index}"
             dest.mkdir(parents=True, exist_ok=True)
-            for name in ("node.log", "config.yaml"):
-                if (node.root / name).exists():
-                    shutil.copy2(node.root / name, dest / name)
+            if node.log_path.exists():  # not config.yaml: it holds the cluster key
+                shutil.copy2(node.log_path, dest / "node.log")
             if (node.data_dir / "node.id").exists():
                 shutil.copy2(node.data_dir / "node.id", dest / "node.id")
             if (node.data_dir / "manifests").is_dir():
