@@ -62,7 +62,7 @@ class TransferSettings:
     """Flow control and retry limits for piece transfers between nodes."""
 
     max_inflight_bytes_per_peer: int = 32 * MiB
-    memory_budget: int = 192 * MiB
+    memory_budget: int = 128 * MiB
     request_timeout: float = 10.0
     connect_timeout: float = 3.0
     retries: int = 5

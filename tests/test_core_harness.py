@@ -126,3 +126,20 @@ def test_versions_latest_ls_rm_and_status():
     assert [e.version.counter for e in ls.final.entries] == [2]
     [get] = cluster.wait(cluster.get(cluster.ids[2], "run/a@1"))
     assert isinstance(get.final, ev.Failed)
+
+
+def test_an_operation_waiting_for_budget_resumes_when_the_holder_ends():
+    """The budget holder is cancelled; the only operation left must be woken by that,
+    not by some later timer (there is none)."""
+    stripe = SHARD * (4 + 2)
+    settings = CoreSettings(policy=Policy(shard_size=SHARD), memory_budget=stripe)
+    cluster = Cluster(5, seed=22, settings=settings)
+    holder = cluster.put(cluster.ids[0], "run/big", [FileModel.generate("m", SHARD * 400, SHARD, seed=1)])
+    waiter = cluster.put(cluster.ids[0], "run/small", [FileModel.generate("m", SHARD * 4, SHARD, seed=2)])
+    cluster.run_for(0.001)
+    cluster.cancel(holder)
+    cancelled_at = cluster.loop.now
+    big, small = cluster.wait(holder, waiter, max_time=60)
+    assert not big.ok
+    assert small.ok, small.final
+    assert cluster.loop.now - cancelled_at < 1.0  # not at the next request deadline (10 s)

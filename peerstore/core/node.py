@@ -120,7 +120,7 @@ class NodeCore:
             raise TypeError(f"NodeCore cannot handle {type(event).__name__}")
         buffered, inflight = self.buffer_bytes, sum(self.inflight.values())
         handler(self, now, event)
-        if len(self._ops) > 1 and (self.buffer_bytes < buffered or sum(self.inflight.values()) < inflight):
+        if self._ops and (self.buffer_bytes < buffered or sum(self.inflight.values()) < inflight):
             # Budget or in-flight room was freed: operations waiting for it go on now,
             # not when some unrelated timer fires.
             for op in list(self._ops.values()):

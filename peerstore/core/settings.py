@@ -13,5 +13,5 @@ class CoreSettings:
     backoff_base: float = 0.2
     backoff_max: float = 5.0
     max_inflight_bytes_per_peer: int = 32 * MiB
-    memory_budget: int = 192 * MiB  # stripe buffers held by the shell for this node's ops
+    memory_budget: int = 128 * MiB  # stripe buffers held by the shell for this node's ops
     commit_timeout: float = 10.0  # per manifest / catalog request during commit
