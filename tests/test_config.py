@@ -55,7 +55,7 @@ def test_minimal_config_takes_every_default():
     assert c == Config(source="x.yaml", data_dir=Path("/srv/peerstore"), cluster_key=bytes.fromhex(KEY))
     assert (c.listen_host, c.listen_port, c.metrics_host, c.metrics_port) == ("0.0.0.0", 7420, "127.0.0.1", 9420)
     assert c.policy == Policy() and c.gossip == GossipSettings()
-    assert c.transfer.memory_budget == 192 * 1024 * 1024
+    assert c.transfer.memory_budget == 128 * 1024 * 1024
     assert c.watch == WatchSettings() and c.seeds == () and c.mdns is True and c.log_level == "info"
 
 
