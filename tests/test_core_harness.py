@@ -143,3 +143,17 @@ def test_an_operation_waiting_for_budget_resumes_when_the_holder_ends():
     assert not big.ok
     assert small.ok, small.final
     assert cluster.loop.now - cancelled_at < 1.0  # not at the next request deadline (10 s)
+
+
+def test_a_long_run_of_identical_stripes_does_not_exhaust_the_budget():
+    """Stripes whose pieces are all already stored (zero-filled regions) must release
+    their buffers at once; holding them deadlocked the put once the budget ran out."""
+    stripe = SHARD * (4 + 2)
+    settings = CoreSettings(policy=Policy(shard_size=SHARD), memory_budget=2 * stripe)
+    cluster = Cluster(5, seed=23, settings=settings)
+    [put] = cluster.wait(cluster.put(cluster.ids[0], "zeros", [FileModel.repeating("m", SHARD * 4 * 20, SHARD)]),
+                         max_time=120)
+    assert put.ok, put.final
+    assert cluster.nodes[cluster.ids[0]].core.buffer_bytes == 0
+    [get] = cluster.wait(cluster.get(cluster.ids[2], "zeros"))
+    assert get.ok and all(get.delivered.values()) and len(get.delivered) == 20

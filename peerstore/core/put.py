@@ -96,7 +96,9 @@ class PutOperation(Operation):
         self.stripes: dict[int, EncodedStripe] = {}
         self.entries: dict[int, StripeEntry] = {}
         self.file_hashes: dict[int, bytes] = {}
-        self.transfers: dict[tuple[str, bytes], Transfer] = {}
+        self.transfers: dict[tuple[str, bytes], Transfer] = {}  # every transfer, for dedup
+        self.unfinished: dict[tuple[str, bytes], Transfer] = {}  # those with slots to ack
+        self.stripes_done = 0
         self.held = 0  # bytes of our stripes buffered in the shell
         self.stored_bytes = 0  # checkpoint bytes whose stripe is fully acknowledged
         self.failed_peers: set[str] = set()
@@ -198,6 +200,7 @@ class PutOperation(Operation):
         self.entries[event.stripe] = entry
         for slot in slots:
             self._attach(event.stripe, stripe, slot)
+        self._stripe_progress(event.stripe)  # every piece may already be durable (identical bytes)
         self._pump(now)
 
     # -- transfers -----------------------------------------------------------------------
@@ -218,14 +221,18 @@ class PutOperation(Operation):
             slot.acked = True  # already durable there (identical piece earlier in this put)
             return
         transfer.slots.append((number, slot))
+        self.unfinished[key] = transfer
+
+    def _settle(self, transfer: Transfer) -> None:
+        """Forget a transfer in the scans once no slot waits on it (keeps _pump linear)."""
+        if all(slot.acked for _, slot in transfer.slots):
+            self.unfinished.pop((transfer.target, transfer.piece_id), None)
 
     def _pump(self, now: float) -> None:
         if self.finished or self.phase != "transfer":
             return
-        for transfer in list(self.transfers.values()):
-            if transfer.in_flight or transfer.retry_at > now or not transfer.slots:
-                continue
-            if all(slot.acked for _, slot in transfer.slots):
+        for transfer in list(self.unfinished.values()):
+            if transfer.in_flight or transfer.retry_at > now:
                 continue
             if transfer.target == self.node.node_id:
                 self._store_locally(transfer)
@@ -266,6 +273,8 @@ class PutOperation(Operation):
         if ok:
             for number, slot in transfer.slots:
                 slot.acked = True
+            self._settle(transfer)
+            for number, _ in transfer.slots:
                 self._stripe_progress(number)
             self._pump(now)
             return
@@ -288,6 +297,7 @@ class PutOperation(Operation):
         """The transfer's target failed: re-plan every stripe still waiting on it."""
         waiting = sorted({n for n, s in transfer.slots if not s.acked})
         transfer.slots = [(n, s) for n, s in transfer.slots if s.acked]
+        self._settle(transfer)
         for number in waiting:
             if not self._replan(number):
                 return
@@ -316,6 +326,7 @@ class PutOperation(Operation):
             old = self.transfers.get((slot.target, slot.piece_id))
             if old is not None:
                 old.slots = [(n, s) for n, s in old.slots if s is not slot]
+                self._settle(old)
             slot.target = wanted[slot.position].pop(0)
             slot.acked = False
             self._attach(number, stripe, slot)
@@ -324,6 +335,7 @@ class PutOperation(Operation):
     def _stripe_progress(self, number: int) -> None:
         stripe = self.stripes.get(number)
         if stripe is not None and stripe.done and stripe.handles:
+            self.stripes_done += 1
             self.stored_bytes += sum(stripe.entry.data_lengths)
             self.reply(ev.Progress(self.stored_bytes, sum(f.size for f in self.cmd.files)))
             self.node.emit(ev.ReleaseHandles(stripe.handles))
@@ -338,15 +350,14 @@ class PutOperation(Operation):
     def next_deadline(self) -> float | None:
         if self.finished or self.phase != "transfer":
             return None
-        due = [t.retry_at for t in self.transfers.values() if not t.in_flight and t.retry_at > 0
-               and not all(s.acked for _, s in t.slots)]
+        due = [t.retry_at for t in self.unfinished.values() if not t.in_flight and t.retry_at > 0]
         return min(due, default=None)
 
     def on_members_changed(self, now: float) -> None:
         if self.phase != "transfer":
             return
-        for transfer in list(self.transfers.values()):
-            if not self.node.is_alive(transfer.target) and not transfer.in_flight and transfer.slots:
+        for transfer in list(self.unfinished.values()):
+            if not self.node.is_alive(transfer.target) and not transfer.in_flight:
                 self.failed_peers.add(transfer.target)
                 self._replace(now, transfer)
         self._pump(now)
@@ -358,7 +369,7 @@ class PutOperation(Operation):
             return
         if len(self.entries) < len(self.plan) or len(self.file_hashes) < len(self.cmd.files):
             return
-        if not all(stripe.done for stripe in self.stripes.values()):
+        if self.stripes_done < len(self.plan):
             return
         self.phase = "manifest"
         manifest = self._manifest(now)
