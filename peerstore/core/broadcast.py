@@ -42,16 +42,22 @@ class Broadcast:
             self.on_done(now, 0)
             return
         for peer in self.peers:
-            self.node.request(
-                now,
-                peer,
-                self.make,
-                lambda t, reply, payload, peer=peer: self._answer(t, peer, self.accept(reply)),
-                lambda t, why, peer=peer: self._answer(t, peer, False),
-                timeout=self.timeout,
-            )
+            self._ask(now, peer, retry=True)
         if self.local:
             self.local(lambda t, ok: self._answer(t, self.node.node_id, ok))
+
+    def _ask(self, now: float, peer: str, retry: bool) -> None:
+        def failed(t: float, why: str) -> None:
+            if why == "unreachable" and retry and self.node.is_alive(peer):
+                self._ask(t, peer, retry=False)  # a broken connection: once more, on a new one
+            else:
+                self._answer(t, peer, False)
+
+        self.node.request(
+            now, peer, self.make,
+            lambda t, reply, payload: self._answer(t, peer, self.accept(reply)),
+            failed, timeout=self.timeout,
+        )
 
     def _answer(self, now: float, peer: str, ok: bool) -> None:
         if ok:

@@ -32,6 +32,7 @@ class Position:
     tried: set[str] = field(default_factory=set)
     handle: Any = None  # verified bytes
     busy: bool = False
+    retried: bool = False  # asked a peer again after its connection broke
 
     @property
     def settled_or_busy(self) -> bool:
@@ -72,6 +73,7 @@ class GetOperation(Operation):
         self.delivering = False
         self.held = 0
         self.failed_peers: set[str] = set()
+        self.resets: dict[str, tuple[int, float]] = {}  # peer -> (breaks, when last)
         self.degraded = 0
         self.fallbacks = 0
 
@@ -256,8 +258,23 @@ class GetOperation(Operation):
         self._deliver(now)
 
     def _source_failed(self, now: float, number: int, position: Position, peer: str, why: str) -> None:
-        if why in ("timeout", "unreachable") and peer != self.node.node_id:
-            self.failed_peers.add(peer)  # do not wait on it again during this get
+        if peer != self.node.node_id:
+            if why == "timeout":
+                self.failed_peers.add(peer)  # frozen or gone: do not wait on it again
+            elif why == "unreachable":
+                # A broken connection is not a dead node: ask it once more (a new
+                # connection) after the other sources; a second break and it is skipped.
+                # Every request on a broken connection fails at the same moment: one break.
+                count, when = self.resets.get(peer, (0, None))
+                if when != now:
+                    count += 1
+                    self.resets[peer] = (count, now)
+                if count > 1:
+                    self.failed_peers.add(peer)
+                elif not position.retried and self.node.is_alive(peer):
+                    position.retried = True
+                    position.tried.discard(peer)
+                    position.candidates.append(peer)
         position.busy = False
         fetch = self.fetching.get(number)
         if not self.finished and fetch is not None:
