@@ -361,8 +361,9 @@ def test_junk_datagrams_are_dropped_and_counted(junk):
 # Dissemination -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("peers, limit", [(3, 4), (9, 8), (14, 8)])
-def test_each_update_is_retransmitted_a_bounded_number_of_times(peers, limit):
+@pytest.mark.parametrize("peers, log_rounds", [(3, 1), (9, 2), (14, 2)])  # ceil(log10(N + 1)), N = peers + 1
+def test_each_update_is_retransmitted_a_bounded_number_of_times(peers, log_rounds):
+    limit = SETTINGS.retransmit_mult * log_rounds
     swim = make(peers=peers)
     run(swim, 20.0, ack_all)  # let the join news drain
     swim.broadcast_app("catalog", b"v1")
