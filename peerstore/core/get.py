@@ -91,7 +91,10 @@ class GetOperation(Operation):
             self.entry = self.node.catalog.resolve(self.cmd.spec)
         except (CatalogNotFound, FormatError) as err:
             if refreshed or isinstance(err, FormatError):
-                self.finish(ev.Failed(str(err)))
+                alone = self.node.alive == {self.node.node_id}
+                hint = (" (this node sees no other members yet: if it just started, retry in a few "
+                        "seconds)") if alone and not isinstance(err, FormatError) else ""
+                self.finish(ev.Failed(f"{err}{hint}"))
             else:
                 self.node.refresh_catalog(now, lambda t, acks: self._resolve(t, refreshed=True))
             return

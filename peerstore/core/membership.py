@@ -9,7 +9,8 @@ what Swim learns to the core the same way, through :class:`CoreMembership`:
   Swim app state, and when a peer's digest (an ``AppState`` effect) differs from ours
   the core gets ``CatalogDiffers`` and push-pulls its catalog with that peer.
 
-``peerstore/daemon/gossip.py`` does the same inline; this is the one both can share.
+The glue returns core *inputs* rather than calling the core: the daemon hands them to
+the one task that owns its core, the simulator handles them on the spot.
 
 Incarnations: a node must come back with an incarnation above any it announced before,
 or its fresh "alive" loses to the old suspicions and deaths others still hold. The boot
@@ -41,29 +42,36 @@ def boot_incarnation(boot_epoch: int) -> int:
 
 
 class CoreMembership:
-    """Keeps one NodeCore in step with its node's Swim machine. Pure: call it after
-    every batch of Swim effects and after every core step; carry out what it returns."""
+    """Keeps one NodeCore in step with its node's Swim machine. Pure: call ``inputs``
+    after every batch of Swim effects and ``publish_catalog`` after every core step."""
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self.alive: frozenset[str] = frozenset({node_id})
         self.published: bytes | None = None
 
-    def on_swim_effects(self, now: float, core: NodeCore, swim: Swim,
-                        effects: Iterable[object]) -> list[ev.Effect]:
-        """Turn what Swim just reported into core inputs; return the core's effects."""
-        out: list[ev.Effect] = []
+    def inputs(self, swim: Swim, effects: Iterable[object], catalog_digest: bytes) -> list[ev.Input]:
+        """The core inputs that what Swim just reported calls for."""
+        out: list[ev.Input] = []
         membership_moved = False
         for effect in effects:
             if isinstance(effect, (MemberChanged, MemberRemoved)):
                 membership_moved = True
-            elif isinstance(effect, AppState) and effect.payload != core.catalog.digest():
-                out += core.handle(now, ev.CatalogDiffers(effect.from_node))
+            elif isinstance(effect, AppState) and effect.payload != catalog_digest:
+                out.append(ev.CatalogDiffers(effect.from_node))
         if membership_moved:
             alive = frozenset(swim.alive_ids()) | {self.node_id}
             if alive != self.alive:
                 self.alive = alive
-                out += core.handle(now, ev.MembersChanged(alive))
+                out.append(ev.MembersChanged(alive))
+        return out
+
+    def on_swim_effects(self, now: float, core: NodeCore, swim: Swim,
+                        effects: Iterable[object]) -> list[ev.Effect]:
+        """For a shell that owns its core outright: handle the inputs; return the effects."""
+        out: list[ev.Effect] = []
+        for event in self.inputs(swim, effects, core.catalog.digest()):
+            out += core.handle(now, event)
         return out
 
     def publish_catalog(self, core: NodeCore, swim: Swim) -> None:

@@ -17,17 +17,16 @@ import math
 import random
 import socket
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import trio
 
 from peerstore.config import GossipSettings
-from peerstore.core import events as ev
+from peerstore.core.membership import CoreMembership, boot_incarnation
 from peerstore.daemon.transport import PeerClosed, dial
 from peerstore.errors import CodecError
 from peerstore.gossip import (
-    AppState,
     MemberChanged,
     MemberRemoved,
     MemberState,
@@ -45,13 +44,9 @@ log = logging.getLogger("peerstore.gossip")
 
 STREAM_TIMEOUT = 5.0
 RESEED_INTERVAL = 2.0
+ISLAND_CHECK_ROUNDS = 15  # every 30 s: push-pull with seeds that are not alive (add_seeds skips live ones)
 MAX_STREAM_BYTES = 16 * 1024 * 1024
 UNPACK_LIMITS = dict(max_str_len=65536, max_bin_len=1 << 20, max_array_len=8192, max_map_len=4096)
-
-
-def incarnation_for(boot_epoch: int) -> int:
-    """A fresh boot always outranks anything the previous life said about us."""
-    return boot_epoch << 32
 
 
 def decode(body: bytes, limit: int) -> Any:
@@ -74,7 +69,7 @@ class Membership:
         self.seeds = list(seeds)
         self.extra_seeds: list[tuple[str, int]] = []  # found by mDNS
         self.swim = Swim(
-            node_id=self.node_id, addr=addr, incarnation=incarnation_for(self.epoch),
+            node_id=self.node_id, addr=addr, incarnation=boot_incarnation(self.epoch),
             settings=settings, rng=random.Random(), now=trio.current_time(),
         )
         self.replay = ReplayFilter()
@@ -83,10 +78,8 @@ class Membership:
         self.raw_sock: socket.socket | None = None
         self.wake = trio.Event()
         self.nursery: trio.Nursery | None = None
-        self.alive: frozenset[str] = frozenset({self.node_id})
+        self.glue = CoreMembership(self.node_id)
         self.dropped: Counter[str] = Counter()
-        self.published_digest: bytes | None = None
-        self.on_change: Callable[[], None] = lambda: None
 
     # -- running -------------------------------------------------------------------------
 
@@ -107,29 +100,20 @@ class Membership:
     def apply(self, effects: list[Any]) -> None:
         """Carry out the machine's effects (called after every input to it)."""
         assert self.nursery is not None
-        changed = False
+        for event in self.glue.inputs(self.swim, effects, self.daemon.core.catalog.digest()):
+            self.daemon.feed(event)
         for effect in effects:
             if isinstance(effect, SendDatagram):
                 self._send_datagram(effect.addr, effect.message)
             elif isinstance(effect, SendStream):
                 self.nursery.start_soon(self._stream_request, effect)
             elif isinstance(effect, (MemberChanged, MemberRemoved)):
-                changed = True
                 self._member_event(effect)
-            elif isinstance(effect, AppState):
-                if effect.payload != self.daemon.core.catalog.digest():
-                    self.daemon.feed(ev.CatalogDiffers(effect.from_node))
             elif isinstance(effect, NeedSeeds):
                 seeds = self.seeds + self.extra_seeds
                 if seeds:
                     log.info("no other live member: re-seeding from %d address(es)", len(seeds))
                     self.apply(self.swim.add_seeds(trio.current_time(), seeds))
-        if changed:
-            alive = frozenset(self.swim.alive_ids()) | {self.node_id}
-            if alive != self.alive:
-                self.alive = alive
-                self.daemon.feed(ev.MembersChanged(alive))
-            self.on_change()
         self.wake.set()
 
     def _member_event(self, effect: MemberChanged | MemberRemoved) -> None:
@@ -149,11 +133,12 @@ class Membership:
             level = logging.WARNING if effect.new in (MemberState.DEAD, MemberState.SUSPECT) else logging.INFO
             log.log(level, "member %s at %s:%d is %s", member.node_id, *member.addr, effect.new.name.lower())
 
+    @property
+    def alive(self) -> frozenset[str]:
+        return self.glue.alive
+
     def publish_catalog(self) -> None:
-        digest = self.daemon.core.catalog.digest()
-        if digest != self.published_digest:
-            self.published_digest = digest
-            self.swim.set_app_state(digest)
+        self.glue.publish_catalog(self.daemon.core, self.swim)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -169,10 +154,18 @@ class Membership:
     async def _reseed_while_alone(self) -> None:
         """While no other member looks alive (a cable was out, the network changed), keep
         contacting every address we know, so rejoining takes seconds, not a push-pull
-        period. The machine's own NeedSeeds backs off; this stays brisk but cheap."""
+        period. The machine's own NeedSeeds backs off; this stays brisk but cheap. Now
+        and then, also contact seeds that are not alive even when we are not alone: two
+        groups that restarted apart (an island) would otherwise never meet."""
+        rounds = 0
         while True:
             await trio.sleep(RESEED_INTERVAL)
-            if len(self.swim.alive_ids()) > 1 or self.swim.left:
+            rounds += 1
+            if self.swim.left:
+                continue
+            if len(self.swim.alive_ids()) > 1:
+                if rounds % ISLAND_CHECK_ROUNDS == 0 and (self.seeds or self.extra_seeds):
+                    self.apply(self.swim.add_seeds(trio.current_time(), [*self.seeds, *self.extra_seeds]))
                 continue
             known = [tuple(m.addr) for m in self.swim.members() if m.node_id != self.node_id]
             seeds = list(dict.fromkeys([*self.seeds, *self.extra_seeds, *known]))
