@@ -28,7 +28,11 @@ class MemberState(enum.Enum):
     @property
     def gone(self) -> bool:
         """Dead or left: not probed, not asked for help, not a push-pull partner."""
-        return self in (MemberState.DEAD, MemberState.LEFT)
+        return self._gone  # type: ignore[attr-defined]
+
+
+for _state in MemberState:  # precomputed: this is asked for every member on every tick
+    _state._gone = _state in (MemberState.DEAD, MemberState.LEFT)  # type: ignore[attr-defined]
 
 
 @dataclass

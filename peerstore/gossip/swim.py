@@ -159,6 +159,7 @@ class Swim:
         self.max_message_bytes = max_message_bytes
         self._me = Member(node_id, addr, incarnation, MemberState.ALIVE, now, now, meta)
         self._members: dict[str, Member] = {node_id: self._me}
+        self._size_cache: tuple[float, int] | None = None  # (when counted, count)
         self._awareness = Awareness(settings.awareness_max_multiplier)
         self._queue: BroadcastQueue[dict[str, Any]] = BroadcastQueue()
         self._suspicions: dict[str, Suspicion] = {}
@@ -803,12 +804,20 @@ class Swim:
         return effects
 
     def _estimated_size(self) -> int:
-        """memberlist's node count: members not gone, plus the recently gone."""
-        to_the_dead = GOSSIP_TO_THE_DEAD_PROBES * self.settings.probe_interval
+        """memberlist's node count: members not gone, plus the recently gone.
+
+        Counted at most once per half probe interval: it only feeds log10(n) (retransmit
+        counts, suspicion timeouts), and counting every member for every datagram made
+        each gossip round quadratic in the cluster size."""
         now = self._now
-        return sum(
+        if self._size_cache is not None and now - self._size_cache[0] < self.settings.probe_interval / 2:
+            return self._size_cache[1]
+        to_the_dead = GOSSIP_TO_THE_DEAD_PROBES * self.settings.probe_interval
+        size = sum(
             1 for v in self._members.values() if not v.state.gone or now - v.state_since <= to_the_dead
         )
+        self._size_cache = (now, size)
+        return size
 
     # Push-pull -------------------------------------------------------------------------
 
