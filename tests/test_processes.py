@@ -239,3 +239,16 @@ def test_launch_sh_local_5_runs_a_usable_cluster_and_stops_on_ctrl_c(tmp_path):
     assert proc.returncode == 0, output
     leftover = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", f"node processes survived Ctrl-C: {leftover.stdout}"
+
+
+def test_sigterm_leaves_gracefully_and_the_others_mark_it_left(cluster):
+    c = cluster
+    leaving = c.nodes[4].node_id
+    assert c.stop(4) == 0  # SIGTERM: a clean exit
+
+    def seen_as_left() -> bool:
+        status = c.status(0)
+        members = {m["id"]: m for m in (status or {}).get("members", [])}
+        return members.get(leaving, {}).get("state") == "left"
+
+    wait_for(seen_as_left, 15, "the stopped node to be marked left (not dead)")
