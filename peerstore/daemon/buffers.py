@@ -67,10 +67,6 @@ class Buffers:
         self.bytes += len(data)
         return self._next
 
-    def get(self, handle: int) -> Any:
-        entry = self._items.get(handle)
-        return entry.data if entry is not None and not entry.released else None
-
     def borrow(self, handle: int) -> Any:
         """The data, kept alive until ``give_back``; None if it was released."""
         entry = self._items.get(handle)
@@ -101,4 +97,4 @@ class Buffers:
                 self.pool.give(owner)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items)  # buffers still held (released but borrowed ones too)

@@ -14,7 +14,6 @@ import socket
 import time
 from collections import Counter
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import blake3
@@ -436,9 +435,6 @@ class Daemon:
 
     def wall_clock(self) -> float:
         return time.time()
-
-    def data_dir(self) -> Path:
-        return self.config.data_dir
 
 
 def _peer_address(wire: WireStream) -> tuple[str, int]:
