@@ -51,3 +51,30 @@ class PieceNotFoundError(StoreError):
 
 class PlacementError(PeerstoreError):
     """Not enough live nodes to place data under the durability policy."""
+
+
+# -- the client's errors; the CLI maps some of them to their own exit codes
+
+
+class UsageError(PeerstoreError):
+    """The command's arguments cannot work (a missing file, an empty directory...)."""
+
+
+class NotFoundError(PeerstoreError):
+    """The checkpoint or version asked for does not exist."""
+
+
+class OutcomeUnknownError(PeerstoreError):
+    """The connection died after a put was sent and before its result arrived."""
+
+
+class NodeUnreachable(PeerstoreError):
+    """No node answered at the address, or it went silent, or the connection dropped."""
+
+
+class ConnectionLost(NodeUnreachable):
+    """The connection to the node dropped (a subcase of NodeUnreachable)."""
+
+
+class TargetExists(PeerstoreError):
+    """The output path of a get exists and --force was not given."""

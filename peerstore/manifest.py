@@ -52,7 +52,12 @@ __all__ = [
     "Manifest",
     "CatalogEntry",
     "CatalogNotFound",
+    "CatalogConflict",
     "Catalog",
+    "encode_counters",
+    "seal",
+    "unseal",
+    "decode_counters",
 ]
 
 FORMAT_VERSION = 1
@@ -363,6 +368,22 @@ class CatalogNotFound(PeerstoreError):
         super().__init__(message)
 
 
+class CatalogConflict(CatalogNotFound):
+    """One version id is claimed by two different checkpoints: corruption, reported and
+    never resolved by picking one. ``entries`` are the claimants."""
+
+    def __init__(self, spec: str, entries: Iterable[CatalogEntry]):
+        self.entries = tuple(entries)
+        first = self.entries[0]
+        ids = ", ".join(e.manifest_id.hex()[:16] for e in self.entries)
+        super().__init__(
+            f"{spec}: version {first.version} of {first.name} is claimed by {len(self.entries)} different "
+            f"checkpoints (manifests {ids}); this is catalog corruption, both are kept: see `peerstore status` "
+            "and report it",
+            (),
+        )
+
+
 _SHOWN_CHOICES = 8
 
 
@@ -373,8 +394,11 @@ class Catalog:
     only the versions this replica has seen, so a concurrent put elsewhere survives; a
     tombstone may arrive before its entry and still hides it.
 
-    Should two entries ever share a key (a coordinator reusing a version id after a
-    crash), the larger one wins everywhere, which keeps merge a join.
+    Two different entries under one (name, version) can only come from corruption (a
+    version id is never reused: coordinators reserve counters durably). Merge never
+    chooses between them: both are kept (set union is still a join), ``conflicts()``
+    reports them, and resolving that version fails with :class:`CatalogConflict` rather
+    than return either one silently.
     """
 
     def __init__(
@@ -382,7 +406,7 @@ class Catalog:
         entries: Iterable[CatalogEntry] = (),
         tombstones: Iterable[tuple[str, VersionId]] = (),
     ):
-        self._versions: dict[str, dict[VersionId, CatalogEntry]] = {}
+        self._versions: dict[str, dict[VersionId, tuple[CatalogEntry, ...]]] = {}  # sorted; >1: conflict
         self._removed: dict[str, set[VersionId]] = {}
         self._digest: bytes | None = None
         for entry in entries:
@@ -395,7 +419,7 @@ class Catalog:
     @property
     def entries(self) -> frozenset[CatalogEntry]:
         """Every entry ever added, tombstoned or not."""
-        return frozenset(e for versions in self._versions.values() for e in versions.values())
+        return frozenset(e for versions in self._versions.values() for same in versions.values() for e in same)
 
     @property
     def tombstones(self) -> frozenset[tuple[str, VersionId]]:
@@ -405,10 +429,10 @@ class Catalog:
     def add(self, entry: CatalogEntry) -> bool:
         """Record a stored version; True if that changed the catalog."""
         versions = self._versions.setdefault(entry.name, {})
-        current = versions.get(entry.version)
-        if current is not None and current >= entry:
+        current = versions.get(entry.version, ())
+        if entry in current:
             return False
-        versions[entry.version] = entry
+        versions[entry.version] = tuple(sorted((*current, entry)))
         self._digest = None
         return True
 
@@ -425,8 +449,9 @@ class Catalog:
         """Fold ``other`` into this catalog; True if anything changed."""
         changed = False
         for versions in other._versions.values():
-            for entry in versions.values():
-                changed |= self.add(entry)
+            for same in versions.values():
+                for entry in same:
+                    changed |= self.add(entry)
         for name, removed in other._removed.items():
             for version in removed:
                 changed |= self.tombstone(name, version)
@@ -460,15 +485,22 @@ class Catalog:
         return version in self._versions.get(name, {}) and version not in self._removed.get(name, ())
 
     def live_versions(self, name: str) -> list[CatalogEntry]:
-        """Live versions of ``name``, oldest first (ascending VersionId)."""
+        """Live versions of ``name``, oldest first (ascending VersionId); a conflicting
+        version lists every entry that claims it."""
         removed = self._removed.get(name, ())
         versions = self._versions.get(name, {})
-        return [versions[v] for v in sorted(versions) if v not in removed]
+        return [e for v in sorted(versions) if v not in removed for e in versions[v]]
 
     def latest(self, name: str) -> CatalogEntry | None:
         """The newest live version of ``name``, or None."""
         live = self.live_versions(name)
         return live[-1] if live else None
+
+    def conflicts(self) -> list[tuple[CatalogEntry, ...]]:
+        """Every (name, version) claimed by more than one entry, tombstoned or not:
+        corruption to report, never to resolve by picking one."""
+        return [same for name in sorted(self._versions) for _, same in sorted(self._versions[name].items())
+                if len(same) > 1]
 
     def names(self) -> list[str]:
         """Names with at least one live version, sorted."""
@@ -483,15 +515,15 @@ class Catalog:
         if selector is None:
             if not live:
                 raise self._missing_name(name)
-            return live[-1]
+            return self._unique(spec, live[-1])
         counter, prefix = parse_version_selector(selector)
 
         def selected(v: VersionId) -> bool:
             return v.counter == counter and v.node.startswith(prefix)
 
         matches = [e for e in live if selected(e.version)]
-        if len(matches) == 1:
-            return matches[0]
+        if len({e.version for e in matches}) == 1:
+            return self._unique(spec, matches[0])
         if matches:
             choices = [e.spec for e in matches]
             raise CatalogNotFound(
@@ -510,6 +542,14 @@ class Catalog:
             raise CatalogNotFound(f"{problem}, and {name} has no live versions", ())
         raise CatalogNotFound(f"{problem}; live versions: {_listing(choices)}", choices)
 
+    def _unique(self, spec: str, entry: CatalogEntry) -> CatalogEntry:
+        """``entry``, unless another entry claims its version for another manifest
+        (CatalogConflict). Claims that differ only in listing details name the same bytes."""
+        same = self._versions[entry.name][entry.version]
+        if len({e.manifest_id for e in same}) > 1:
+            raise CatalogConflict(spec, same)
+        return entry
+
     def next_counter(self, name: str) -> int:
         """The counter for a new version of ``name``: one past every counter seen for it,
         live or tombstoned (a per-name Lamport clock)."""
@@ -522,7 +562,7 @@ class Catalog:
         return the versions removed. CatalogNotFound when there is nothing to remove."""
         name, selector = parse_spec(spec_or_name)
         if selector is None:
-            victims = [e.version for e in self.live_versions(name)]
+            victims = sorted({e.version for e in self.live_versions(name)})
             if not victims:
                 raise self._missing_name(name)
         else:
@@ -583,6 +623,45 @@ class Catalog:
         except InvalidNameError as err:
             raise FormatError(f"catalog: {err}") from None
         return catalog
+
+
+SEAL_MAGIC = b"peerstore-sealed-1\n"
+
+
+def seal(blob: bytes) -> bytes:
+    """``blob`` with a BLAKE3 checksum in front, for local state files (catalog,
+    counters): rot in them is found when they are read back, not served."""
+    return SEAL_MAGIC + blake3.blake3(blob).digest() + blob
+
+
+def unseal(data: bytes, what: str) -> bytes:
+    """The blob ``seal`` wrapped; FormatError if the checksum does not match. Files
+    written before sealing (no magic) are returned as they are, for their decoder to check."""
+    if not data.startswith(SEAL_MAGIC):
+        return data
+    digest, blob = data[len(SEAL_MAGIC): len(SEAL_MAGIC) + ID_LEN], data[len(SEAL_MAGIC) + ID_LEN:]
+    if blake3.blake3(blob).digest() != digest:
+        raise FormatError(f"{what} does not match its checksum (the file has rotted or was cut short)")
+    return blob
+
+
+def encode_counters(counters: Mapping[str, int]) -> bytes:
+    """The durable record of the version counters a node has reserved, per name."""
+    return _pack({"format": FORMAT_VERSION, "counters": sorted([name, c] for name, c in counters.items())})
+
+
+def decode_counters(data: bytes) -> dict[str, int]:
+    """Parse encode_counters' bytes; FormatError on anything wrong."""
+    top = _Fields(_unpack(data, "counters", MAX_CATALOG_BYTES), "counters", ("format", "counters"))
+    counters: dict[str, int] = {}
+    try:
+        for i, raw in enumerate(top.array("counters", MAX_CATALOG_ENTRIES)):
+            where = f"counters[{i}]"
+            name, counter = _array(raw, where, 2, exact=True)
+            counters[validate_name(_str(name, where, MAX_NAME_LEN))] = _int(counter, where, 1, MAX_COUNTER)
+    except InvalidNameError as err:
+        raise FormatError(f"counters: {err}") from None
+    return counters
 
 
 def _catalog_entry(raw: object, where: str) -> CatalogEntry:

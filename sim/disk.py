@@ -6,7 +6,10 @@ core be told. A crash loses everything not yet durable, so a write torn by a cra
 leaves nothing (the temp file is swept), exactly what the real store promises.
 
 Faults: a slow disk (an SD card: ~20 MB/s and fsyncs of tens to hundreds of ms), a full
-disk (writes fail with "disk full"), bit flips in stored pieces.
+disk (writes fail with "disk full"), fsyncs failing with EIO (the write fails and leaves
+nothing, as the store removes its temp file), bit flips in stored pieces, in manifest
+files (the bytes no longer hash to the id: a reader quarantines the file, so it is held
+no more) and in the catalog and counters files (found when the node boots).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from sim.content import Content, rotten
 
 MANIFEST_OVERHEAD = 4096  # a small file costs at least a block
+FSYNC_EIO = "fsync failed: [Errno 5] Input/output error"  # what a store write reports
 
 
 @dataclass(frozen=True)
@@ -40,16 +44,20 @@ class SimDisk:
     capacity: int | None = None  # bytes; None: unlimited
     durable: dict[bytes, Content] = field(default_factory=dict)
     written: dict[bytes, Content] = field(default_factory=dict)  # renamed but not yet fsynced
-    manifests: dict[bytes, bytes] = field(default_factory=dict)
+    manifests: dict[bytes, bytes] = field(default_factory=dict)  # intact manifest files only
+    rotten_manifests: dict[bytes, bytes] = field(default_factory=dict)  # files whose bytes rotted
     catalog: bytes | None = None
+    counters: bytes | None = None  # version counters the node reserved (MetaStore counters.bin)
     boot_epoch: int = 0  # the daemon's stored boot counter (durable before announcing)
     busy_until: float = 0.0
     reserved: int = 0  # bytes of writes in progress
+    fail_fsync: float = 0.0  # probability that an fsync fails with EIO
 
     @property
     def used(self) -> int:
         pieces = sum(c.size for c in self.durable.values())
-        return pieces + sum(len(b) + MANIFEST_OVERHEAD for b in self.manifests.values()) + self.reserved
+        files = [*self.manifests.values(), *self.rotten_manifests.values()]
+        return pieces + sum(len(b) + MANIFEST_OVERHEAD for b in files) + self.reserved
 
     def has_room(self, size: int) -> bool:
         return self.capacity is None or self.used + size <= self.capacity
@@ -64,6 +72,10 @@ class SimDisk:
         j = self.model.fsync_jitter
         return self.model.fsync * rng.uniform(1 - j, 1 + j)
 
+    def fsync_fails(self, rng: random.Random) -> bool:
+        """Does this fsync fail with EIO? (Nothing written by the write becomes durable.)"""
+        return bool(self.fail_fsync) and rng.random() < self.fail_fsync
+
     def crash(self) -> None:
         """Power loss or process crash: un-fsynced writes and in-progress I/O are gone."""
         self.written.clear()
@@ -76,3 +88,27 @@ class SimDisk:
     def genuine(self, piece_id: bytes) -> bool:
         content = self.durable.get(piece_id)
         return content is not None and content.true_id == piece_id
+
+    def corrupt_manifest(self, manifest_id: bytes) -> None:
+        """Flip a bit in a stored manifest file. Its bytes stay on disk (``rotten_manifests``)
+        but it is no longer held: a load finds the mismatch and quarantines it, as the
+        daemon's MetaStore does, so ``manifests`` keeps only intact files."""
+        blob = self.manifests.pop(manifest_id)
+        self.rotten_manifests[manifest_id] = flip_bit(blob, len(blob) // 2)
+
+    def corrupt_file(self, name: str, rng: random.Random, *, unreadable: bool) -> bool:
+        """Rot in a state file read only at boot (``"catalog"`` or ``"counters"``): cut
+        short, or one bit flipped anywhere. False if the node has no such file."""
+        blob = getattr(self, name)
+        if not blob:
+            return False
+        if unreadable:
+            setattr(self, name, blob[: len(blob) // 2])
+        else:
+            setattr(self, name, flip_bit(blob, rng.randrange(len(blob)), rng.randrange(8)))
+        return True
+
+def flip_bit(blob: bytes, index: int, bit: int = 0) -> bytes:
+    out = bytearray(blob)
+    out[index] ^= 1 << bit
+    return bytes(out)

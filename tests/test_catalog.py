@@ -1,5 +1,7 @@
 """The catalog CRDT: merge laws, resolving specs, removal semantics, strict encoding."""
 
+import dataclasses
+
 import blake3
 import msgpack
 import pytest
@@ -7,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peerstore.errors import FormatError, InvalidNameError, PeerstoreError
-from peerstore.manifest import FORMAT_VERSION, Catalog, CatalogEntry, CatalogNotFound, VersionId
+from peerstore.manifest import FORMAT_VERSION, Catalog, CatalogConflict, CatalogEntry, CatalogNotFound, VersionId
 
 A = "aaaaaaaaaaaaaaaa"
 B = "bbbbbbbbbbbbbbbb"
@@ -35,7 +37,7 @@ entries = st.builds(
     lambda n, v, size: CatalogEntry(n, v, blake3.blake3(f"{n}@{v}".encode()).digest(), size, 1, 1, 0.0),
     names,
     versions,
-    st.sampled_from([1, 2]),  # two sizes for one key: a crash-reused version id, resolved by max
+    st.sampled_from([1, 2]),  # two sizes for one key: a crash-reused version id: both kept
 )
 catalogs = st.builds(Catalog, st.lists(entries, max_size=8), st.lists(st.tuples(names, versions), max_size=4))
 
@@ -129,13 +131,31 @@ def test_add_reports_only_real_changes():
     assert catalog.tombstone("run1", VersionId(1, A)) is False
 
 
-def test_conflicting_entries_for_one_version_keep_the_larger_everywhere():
-    small, large = entry("run1", 1, size=1), entry("run1", 1, size=2)
-    one, two = Catalog([small]), Catalog([large])
+def test_two_entries_under_one_version_are_both_kept_and_reported_never_chosen():
+    small, large = entry("run1", 2, size=1), entry("run1", 2, size=2)
+    small, large = small, dataclasses.replace(large, manifest_id=bytes(32))  # two different checkpoints
+    older = entry("run1", 1)
+    one, two = Catalog([small, older]), Catalog([large])
     one.merge(Catalog([large]))
-    two.merge(Catalog([small]))
-    assert one == two
-    assert one.latest("run1") == large
+    two.merge(Catalog([small, older]))
+    assert one == two and one.digest() == two.digest()
+    assert {small, large} <= one.entries
+    assert one.conflicts() == [(large, small)]
+    assert Catalog.decode(one.encode()).conflicts() == [(large, small)]  # survives persistence
+    for spec in ("run1", "run1@2"):
+        with pytest.raises(CatalogConflict, match="claimed by 2 different checkpoints"):
+            one.resolve(spec)
+    assert one.resolve("run1@1") == older  # other versions are unaffected
+    assert one.rm("run1@1") == [older.version]
+    assert one.rm("run1") == [small.version]  # rm hides the conflicting version as a whole
+    assert one.conflicts() == [(large, small)]  # still reported: nothing is dropped
+
+
+def test_claims_that_differ_only_in_listing_details_still_resolve_to_their_manifest():
+    one, two = entry("run1", 2, size=1), entry("run1", 2, size=2)  # same manifest id
+    catalog = Catalog([one, two])
+    assert catalog.conflicts() == [(one, two)]  # reported all the same
+    assert catalog.resolve("run1@2").manifest_id == one.manifest_id
 
 
 RESOLVE_CATALOG = [entry("run1", 1), entry("run1", 2), entry("run1", 3, A), entry("run1", 3, B), entry("run2", 5, C)]

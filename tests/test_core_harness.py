@@ -7,7 +7,8 @@ from __future__ import annotations
 from peerstore.core import events as ev
 from peerstore.core.settings import CoreSettings
 from peerstore.policy import Policy
-from sim.harness import Cluster, FileModel
+from sim.cluster import Cluster
+from sim.content import FileModel
 
 SHARD = 64 * 1024
 

@@ -111,3 +111,22 @@ def test_catalog_save_is_atomic_when_it_fails_midway(meta: MetaStore, tmp_path: 
     monkeypatch.undo()
     assert meta.load_catalog() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.bin", "manifests"]
+
+
+def test_storing_a_held_manifest_again_replaces_a_rotten_copy(meta: MetaStore, tmp_path: Path):
+    """A manifest acknowledged as stored counts towards tolerance + 1 copies: a held copy
+    is read again, never trusted."""
+    mid, data = make_manifest(500)
+    assert meta.put_manifest(mid, data) is True
+    assert meta.put_manifest(mid, data) is False  # genuine: nothing to write
+    path = tmp_path / "manifests" / mid.hex()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert meta.put_manifest(mid, data) is True
+    assert path.read_bytes() == data
+    assert len(list((tmp_path / "quarantine").iterdir())) == 1
+
+
+def test_reserved_counters_save_and_load(meta: MetaStore, tmp_path: Path):
+    assert meta.load_counters() is None
+    meta.save_counters(b"c1")
+    assert MetaStore(tmp_path).load_counters() == b"c1"

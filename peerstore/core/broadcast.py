@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from peerstore.core.node import NodeCore
+    from peerstore.core.messenger import Messenger
     from peerstore.wire.messages import Message
 
 
@@ -18,7 +18,7 @@ class Broadcast:
 
     def __init__(
         self,
-        node: "NodeCore",
+        node: "Messenger",
         *,
         peers: list[str],
         make: Callable[[int], "Message"],

@@ -151,6 +151,23 @@ class PieceLoaded:
 
 
 @dataclass(frozen=True)
+class HeldPieceVerified:
+    """Completion of VerifyHeldPiece: ok when the stored copy still hashes to its id.
+    A copy that does not was moved aside by the shell and is no longer held."""
+
+    tag: Any
+    piece_id: bytes
+    ok: bool
+
+
+@dataclass(frozen=True)
+class CountersPersisted:
+    tag: Any
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class PieceVerified:
     tag: Any
     ok: bool
@@ -246,6 +263,24 @@ class LoadPiece:
 
 
 @dataclass(frozen=True)
+class VerifyHeldPiece:
+    """Re-read a piece this node holds and hash it; answer with HeldPieceVerified. A copy
+    that no longer matches its id is moved aside (quarantined), so it is no longer held."""
+
+    tag: Any
+    piece_id: bytes
+
+
+@dataclass(frozen=True)
+class PersistCounters:
+    """Replace the node's durable record of version counters it reserved (an opaque
+    blob, ``core/snapshots.py``) and fsync it; answer with CountersPersisted."""
+
+    tag: Any
+    blob: bytes
+
+
+@dataclass(frozen=True)
 class VerifyPiece:
     """Hash the bytes named by ``handle`` and compare with ``piece_id``."""
 
@@ -269,6 +304,9 @@ class LoadManifest:
 
 @dataclass(frozen=True)
 class PersistCatalog:
+    """Replace the durable catalog with ``blob``. The core never has two of these
+    outstanding, so the shell writes each blob as it comes."""
+
     tag: Any
     blob: bytes
 
@@ -355,6 +393,7 @@ class Status:
     node_id: str
     alive: tuple[str, ...]
     checkpoints: tuple[CheckpointStatus, ...]
+    conflicts: tuple[tuple[CatalogEntry, ...], ...] = ()  # versions claimed twice: corruption
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from peerstore import placement
 from peerstore.core import events as ev
 from peerstore.core.manifests import ManifestFetch
-from peerstore.core.node import NodeCore, Operation
+from peerstore.core.context import NodeContext, Operation
 from peerstore.errors import FormatError
 from peerstore.manifest import CatalogEntry, CatalogNotFound, Manifest, StripeEntry
 from peerstore.wire import messages as msg
@@ -61,7 +62,7 @@ class StripeFetch:
 
 
 class GetOperation(Operation):
-    def __init__(self, node: NodeCore, op_id: int, cmd: ev.GetCommand):
+    def __init__(self, node: NodeContext, op_id: int, cmd: ev.GetCommand):
         super().__init__(node, op_id, cmd.client)
         self.cmd = cmd
         self.entry: CatalogEntry | None = None
@@ -142,11 +143,9 @@ class GetOperation(Operation):
 
     def _open_stripe(self, now: float, number: int, cost: int) -> None:
         file_index, offset, entry, hint = self.layout[number]
-        k = entry.k
-        positions = []
-        for index, pid in enumerate(entry.piece_ids):
-            hinted = list(hint[2 * index: 2 * index + 2]) if index < k else [hint[k + index]]
-            positions.append(Position(index, pid, self._order(pid, hinted)))
+        hinted = placement.StripePlacement.from_hint(hint, entry.k, entry.p).positions()
+        positions = [Position(index, pid, self._order(pid, list(hinted[index])))
+                     for index, pid in enumerate(entry.piece_ids)]
         fetch = StripeFetch(number, file_index, offset, entry, positions, cost)
         self.fetching[number] = fetch
         self._schedule(now, fetch)

@@ -11,7 +11,7 @@ from peerstore.manifest import Manifest
 from peerstore.wire import messages as msg
 
 if TYPE_CHECKING:
-    from peerstore.core.node import NodeCore
+    from peerstore.core.messenger import Messenger
 
 
 class ManifestFetch:
@@ -21,7 +21,7 @@ class ManifestFetch:
     missing one. Peers are asked in a random order so one slow node is not everyone's
     first choice."""
 
-    def __init__(self, node: "NodeCore", manifest_id: bytes,
+    def __init__(self, node: "Messenger", manifest_id: bytes,
                  on_done: Callable[[float, Manifest | None], None]):
         self.node = node
         self.manifest_id = manifest_id

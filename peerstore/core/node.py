@@ -5,111 +5,29 @@ completed effect, a membership change) and returns the effects the shell must ca
 ``next_deadline()`` says when ``tick(now)`` must be called for timeouts and retries.
 
 The node serves its peers (store a piece, hand out a piece, store a manifest, merge the
-catalog) and coordinates client operations (put, get, ls, rm, status), each an object in
-``core/put.py``, ``core/get.py`` and ``core/status.py`` that talks to peers through the
-request helpers here. All randomness comes from the injected ``random.Random``.
+catalog) and coordinates client commands: put, get and status are operation objects
+(``core/put.py``, ``core/get.py``, ``core/status.py``) built on ``core/context.py``;
+ls and rm answer from the catalog here. All randomness comes from the injected
+``random.Random``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from peerstore.core import events as ev
-from peerstore.core.settings import CoreSettings
+from peerstore.core.context import NodeContext, Operation
+from peerstore.core.get import GetOperation
+from peerstore.core.put import PutOperation
+from peerstore.core.status import StatusOperation
+from peerstore.ec import piece_id
+from peerstore.errors import FormatError
 from peerstore.manifest import Catalog, CatalogNotFound
 from peerstore.wire import messages as msg
 
-if TYPE_CHECKING:
-    from random import Random
 
-SELF_TAG = "self"
-
-
-@dataclass
-class PendingRequest:
-    """A request sent to a peer, waiting for its reply or its deadline."""
-
-    req: int
-    peer: str
-    deadline: float
-    on_reply: Callable[[float, msg.Message, Any], None]
-    on_failure: Callable[[float, str], None]
-    inflight_bytes: int = 0
-
-
-class Operation:
-    """Base for client operations coordinated by this node."""
-
-    def __init__(self, node: "NodeCore", op_id: int, client: ev.ClientRef):
-        self.node = node
-        self.op_id = op_id
-        self.client = client
-        self.finished = False
-
-    def start(self, now: float) -> None:
-        raise NotImplementedError
-
-    def on_completion(self, now: float, event: Any) -> None:
-        """An effect this operation asked for has completed."""
-
-    def tick(self, now: float) -> None:
-        """Run retries that are due."""
-
-    def next_deadline(self) -> float | None:
-        return None
-
-    def on_members_changed(self, now: float) -> None:
-        """Membership changed: skip or re-place away from nodes no longer alive."""
-
-    def cancel(self, now: float) -> None:
-        """The client went away."""
-        self.finish(ev.Failed("cancelled: the client disconnected"))
-
-    def reply(self, body: Any, final: bool = False) -> None:
-        self.node.emit(ev.Reply(self.client, body, final=final))
-
-    def finish(self, body: Any) -> None:
-        if not self.finished:
-            self.finished = True
-            self.cleanup()
-            self.reply(body, final=True)
-            self.node.forget_operation(self)
-
-    def cleanup(self) -> None:
-        """Release buffers and budget; called once when the operation ends."""
-
-
-class NodeCore:
+class NodeCore(NodeContext):
     """The protocol logic of one node. Pure: no I/O, no clock, no global randomness."""
-
-    def __init__(
-        self,
-        node_id: str,
-        settings: CoreSettings,
-        rng: Random,
-        *,
-        catalog: Catalog | None = None,
-        inventory: frozenset[bytes] | set[bytes] = frozenset(),
-        alive: frozenset[str] | None = None,
-    ):
-        self.node_id = node_id
-        self.settings = settings
-        self.rng = rng
-        self.catalog = catalog if catalog is not None else Catalog()
-        self.inventory: set[bytes] = set(inventory)
-        self.alive: frozenset[str] = (alive or frozenset()) | {node_id}
-        self._effects: list[ev.Effect] = []
-        self._next_id = 1
-        self._pending: dict[int, PendingRequest] = {}
-        self._ops: dict[int, Operation] = {}
-        self._ops_by_client: dict[ev.ClientRef, Operation] = {}
-        self._waiters: dict[Any, Callable[[float, Any], None]] = {}
-        self.inflight: dict[str, int] = {}
-        self.buffer_bytes = 0  # bytes of stripe buffers held by the shell for our ops
-        self.reserved_counters: dict[str, int] = {}  # Lamport counters handed out, per name
-        self.stats: Counter[str] = Counter()  # events worth a metric: retries, timeouts, ...
 
     # -- entry points --------------------------------------------------------------------
 
@@ -140,110 +58,6 @@ class NodeCore:
         deadlines += [d for op in self._ops.values() if (d := op.next_deadline()) is not None]
         return min(deadlines, default=None)
 
-    @property
-    def operations(self) -> list[Operation]:
-        return list(self._ops.values())
-
-    # -- helpers for operations ----------------------------------------------------------
-
-    def emit(self, effect: ev.Effect) -> None:
-        self._effects.append(effect)
-
-    def new_id(self) -> int:
-        value = self._next_id
-        self._next_id += 1
-        return value
-
-    def request(
-        self,
-        now: float,
-        peer: str,
-        make: Callable[[int], msg.Message],
-        on_reply: Callable[[float, msg.Message, Any], None],
-        on_failure: Callable[[float, str], None],
-        *,
-        payload: ev.Handle | None = None,
-        inflight_bytes: int = 0,
-        timeout: float | None = None,
-    ) -> int:
-        """Send a request to ``peer``; exactly one of the callbacks runs later."""
-        req = self.new_id()
-        deadline = now + (timeout if timeout is not None else self.settings.request_timeout)
-        self._pending[req] = PendingRequest(req, peer, deadline, on_reply, on_failure, inflight_bytes)
-        self.inflight[peer] = self.inflight.get(peer, 0) + inflight_bytes
-        self.emit(ev.Send(peer, make(req), payload=payload))
-        return req
-
-    def local(self, make: Callable[[Any], ev.Effect], on_done: Callable[[float, Any], None]) -> None:
-        """Ask the shell for a local effect; ``on_done`` gets its completion."""
-        tag = (SELF_TAG, self.new_id())
-        self._waiters[tag] = on_done
-        self.emit(make(tag))
-
-    def can_send(self, peer: str, size: int) -> bool:
-        """Per-peer flow control: bounded bytes in flight (one piece always allowed)."""
-        used = self.inflight.get(peer, 0)
-        return used == 0 or used + size <= self.settings.max_inflight_bytes_per_peer
-
-    def can_buffer(self, size: int) -> bool:
-        """Node-wide memory budget for stripe buffers, shared by every operation; one
-        stripe may always be buffered when nothing is, so any stripe size makes progress."""
-        return self.buffer_bytes == 0 or self.buffer_bytes + size <= self.settings.memory_budget
-
-    def backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, capped."""
-        ceiling = min(self.settings.backoff_max, self.settings.backoff_base * (2 ** attempt))
-        return self.rng.uniform(ceiling / 2, ceiling)
-
-    def is_alive(self, peer: str) -> bool:
-        return peer in self.alive
-
-    def forget_operation(self, op: Operation) -> None:
-        self._ops.pop(op.op_id, None)
-        if self._ops_by_client.get(op.client) is op:
-            del self._ops_by_client[op.client]
-
-    def reserve_counter(self, name: str) -> int:
-        """The next Lamport counter for ``name``, never reused by this node."""
-        counter = max(self.catalog.next_counter(name), self.reserved_counters.get(name, 0) + 1)
-        self.reserved_counters[name] = counter
-        return counter
-
-    def merge_catalog(self, now: float, other: Catalog, on_done: Callable[[float, bool], None]) -> None:
-        """Merge ``other`` into our catalog and make it durable before ``on_done``."""
-        changed = self.catalog.merge(other)
-        for entry in other.entries:
-            self.reserved_counters[entry.name] = max(
-                self.reserved_counters.get(entry.name, 0), entry.version.counter
-            )
-        if not changed:
-            on_done(now, True)
-            return
-        blob = self.catalog.encode()
-        self.local(lambda tag: ev.PersistCatalog(tag, blob), lambda t, c: on_done(t, c.ok))
-
-    # -- internals -----------------------------------------------------------------------
-
-    def _drain(self) -> list[ev.Effect]:
-        effects, self._effects = self._effects, []
-        return effects
-
-    def _fail_request(self, now: float, req: int, why: str) -> None:
-        pending = self._pending.pop(req, None)
-        if pending is None:
-            return
-        self._release_inflight(pending)
-        self.stats[f"request_{why}"] += 1
-        pending.on_failure(now, why)
-
-    def _release_inflight(self, pending: PendingRequest) -> None:
-        if pending.inflight_bytes:
-            left = self.inflight.get(pending.peer, 0) - pending.inflight_bytes
-            if left > 0:
-                self.inflight[pending.peer] = left
-            else:
-                self.inflight.pop(pending.peer, None)
-
     def _start_operation(self, now: float, op: Operation) -> None:
         previous = self._ops_by_client.get(op.client)
         if previous is not None and not previous.finished:
@@ -256,18 +70,12 @@ class NodeCore:
     # -- input handlers ------------------------------------------------------------------
 
     def _on_put(self, now: float, cmd: ev.PutCommand) -> None:
-        from peerstore.core.put import PutOperation
-
         self._start_operation(now, PutOperation(self, self.new_id(), cmd))
 
     def _on_get(self, now: float, cmd: ev.GetCommand) -> None:
-        from peerstore.core.get import GetOperation
-
         self._start_operation(now, GetOperation(self, self.new_id(), cmd))
 
     def _on_status(self, now: float, cmd: ev.StatusCommand) -> None:
-        from peerstore.core.status import StatusOperation
-
         self._start_operation(now, StatusOperation(self, self.new_id(), cmd.client))
 
     def _on_list(self, now: float, cmd: ev.ListCommand) -> None:
@@ -284,22 +92,7 @@ class NodeCore:
         name = cmd.spec.split("@", 1)[0]
         delta = Catalog(tombstones=[(name, v) for v in versions])
         done = ev.Removed(tuple(str(v) for v in versions))
-        self._spread_catalog(now, delta, lambda t, acks: self.emit(ev.Reply(cmd.client, done)))
-
-    def _spread_catalog(self, now: float, delta: Catalog, on_done: Callable[[float, int], None]) -> None:
-        """Persist ``delta`` locally, send it to every alive peer; ``on_done(now, acks)``
-        once every peer answered or timed out (acks counts durable copies, ours included)."""
-        from peerstore.core.broadcast import Broadcast
-
-        blob = delta.encode()
-        Broadcast(
-            self,
-            peers=sorted(self.alive - {self.node_id}),
-            make=lambda req: msg.CatalogUpdate(req, blob=blob),
-            accept=lambda reply: isinstance(reply, msg.CatalogAck) and reply.ok,
-            local=lambda done: self.merge_catalog(now, delta, lambda t, ok: done(t, ok)),
-            on_done=on_done,
-        ).start(now)
+        self.spread_catalog(now, delta, lambda t, acks: self.emit(ev.Reply(cmd.client, done)))
 
     def _on_cancel(self, now: float, cmd: ev.CancelCommand) -> None:
         op = self._ops_by_client.get(cmd.client)
@@ -308,34 +101,6 @@ class NodeCore:
 
     def _on_started(self, now: float, event: ev.Started) -> None:
         self.refresh_catalog(now, lambda t, acks: None)
-
-    def refresh_catalog(self, now: float, on_done: Callable[[float, int], None],
-                        peers: list[str] | None = None) -> None:
-        """Push-pull our whole catalog with ``peers`` (default: every alive peer), merging
-        what they answer; ``on_done(now, answers)`` when all answered or timed out."""
-        from peerstore.core.broadcast import Broadcast
-        from peerstore.errors import FormatError
-
-        def merge(reply: msg.Message) -> bool:
-            if not isinstance(reply, msg.CatalogState):
-                return False
-            try:
-                theirs = Catalog.decode(reply.blob)
-            except FormatError:
-                return False
-            self.merge_catalog(now, theirs, lambda t, ok: None)
-            return True
-
-        blob = self.catalog.encode()
-        Broadcast(
-            self,
-            peers=sorted(self.alive - {self.node_id}) if peers is None else peers,
-            make=lambda req: msg.SyncCatalog(req, blob=blob),
-            accept=merge,
-            local=None,
-            on_done=on_done,
-            timeout=self.settings.commit_timeout,
-        ).start(now)
 
     def _on_catalog_differs(self, now: float, event: ev.CatalogDiffers) -> None:
         if event.peer in self.alive and event.peer != self.node_id:
@@ -391,18 +156,12 @@ class NodeCore:
         if payload is None:
             self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=False, error="no payload")))
             return
-        if m.piece_id in self.inventory:
-            self.emit(ev.ReleaseHandles((payload,)))
-            self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=True)))
-            return
 
-        def stored(t: float, done: ev.PieceStoredLocally) -> None:
+        def stored(t: float, ok: bool, error: str) -> None:
             self.emit(ev.ReleaseHandles((payload,)))
-            if done.ok:
-                self.inventory.add(m.piece_id)
-            self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=done.ok, error=done.error)))
+            self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=ok, error=error)))
 
-        self.local(lambda tag: ev.StorePieceLocal(tag, m.piece_id, payload), stored)
+        self.store_piece(m.piece_id, payload, stored)
 
     def _serve_fetch_piece(self, now: float, peer: str, m: msg.FetchPiece, payload: Any) -> None:
         found = m.piece_id in self.inventory
@@ -415,8 +174,6 @@ class NodeCore:
         )
 
     def _serve_store_manifest(self, now: float, peer: str, m: msg.StoreManifest, payload: Any) -> None:
-        from peerstore.ec import piece_id
-
         if piece_id(m.blob) != m.manifest_id:
             self.emit(ev.Send(peer, msg.ManifestStored(m.req, ok=False, error="manifest hash mismatch")))
             return
@@ -434,8 +191,6 @@ class NodeCore:
         self.local(lambda tag: ev.LoadManifest(tag, m.manifest_id), loaded)
 
     def _serve_catalog_update(self, now: float, peer: str, m: msg.CatalogUpdate, payload: Any) -> None:
-        from peerstore.errors import FormatError
-
         try:
             other = Catalog.decode(m.blob)
         except FormatError as err:
@@ -446,8 +201,6 @@ class NodeCore:
         )
 
     def _serve_sync_catalog(self, now: float, peer: str, m: msg.SyncCatalog, payload: Any) -> None:
-        from peerstore.errors import FormatError
-
         try:
             theirs = Catalog.decode(m.blob)
         except FormatError:
@@ -492,6 +245,8 @@ class NodeCore:
         ev.PieceStoredLocally: _on_completion,
         ev.PieceLoaded: _on_completion,
         ev.PieceVerified: _on_completion,
+        ev.HeldPieceVerified: _on_completion,
+        ev.CountersPersisted: _on_completion,
         ev.ManifestStoredLocally: _on_completion,
         ev.ManifestLoaded: _on_completion,
         ev.CatalogPersisted: _on_completion,

@@ -7,20 +7,23 @@
 2. A failed transfer is retried with exponential backoff and jitter; a peer that times
    out, is unreachable too often, or leaves the membership loses its slots, which are
    re-placed on other live nodes (keeping a shard's two replicas on distinct nodes).
-3. When every piece is durably acknowledged the manifest is stored on every live node
-   (phase 1: not yet visible), then the catalog entry is spread (phase 2: visible). Only
-   then is the client told the put succeeded. Cancelling before phase 2 aborts cleanly.
+3. When every piece is durably acknowledged, and the version's counter is durably
+   reserved, the manifest is sent to every live node that did not fail during the put
+   and must be durable on at least tolerance + 1 of them (phase 1: not yet visible);
+   then the catalog entry is spread the same way (phase 2: visible). Only then is the
+   client told the put succeeded. Cancelling before phase 2 aborts cleanly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from peerstore import placement
 from peerstore.core import events as ev
 from peerstore.core.broadcast import Broadcast
-from peerstore.core.node import NodeCore, Operation
+from peerstore.core.context import NodeContext, Operation
 from peerstore.ec import iter_stripes
 from peerstore.errors import PeerstoreError
 from peerstore.manifest import (
@@ -34,6 +37,12 @@ from peerstore.manifest import (
     validate_paths,
 )
 from peerstore.wire import messages as msg
+
+
+class Phase(Enum):
+    TRANSFER = "sending pieces"
+    MANIFEST = "storing the manifest"  # phase 1: invisible, may still abort
+    CATALOG = "spreading the catalog entry"  # phase 2: may be visible, never aborts
 
 
 @dataclass
@@ -85,7 +94,7 @@ class EncodedStripe:
 
 
 class PutOperation(Operation):
-    def __init__(self, node: NodeCore, op_id: int, cmd: ev.PutCommand):
+    def __init__(self, node: NodeContext, op_id: int, cmd: ev.PutCommand):
         super().__init__(node, op_id, cmd.client)
         self.cmd = cmd
         self.policy = node.settings.policy
@@ -102,7 +111,7 @@ class PutOperation(Operation):
         self.held = 0  # bytes of our stripes buffered in the shell
         self.stored_bytes = 0  # checkpoint bytes whose stripe is fully acknowledged
         self.failed_peers: set[str] = set()
-        self.phase = "transfer"
+        self.phase = Phase.TRANSFER
         self.version: VersionId | None = None
 
     # -- start ---------------------------------------------------------------------------
@@ -133,8 +142,17 @@ class PutOperation(Operation):
             for span in iter_stripes(spec.size, self.policy.shard_size, k):
                 self.plan.append(PlannedStripe(index, span.offset, tuple(s.length for s in span.shards)))
             self.file_last_stripe[index] = len(self.plan)  # stripes below this belong to files <= index
-        self.version = VersionId(self.node.reserve_counter(self.cmd.name), self.node.node_id)
+        self.node.reserve_version(self.cmd.name, self._version_reserved)
         self._pump(now)
+
+    def _version_reserved(self, now: float, version: VersionId | None, error: str) -> None:
+        if self.finished:
+            return
+        if version is None:
+            self._fail(f"cannot record the new version's counter durably on this node: {error}")
+            return
+        self.version = version
+        self._maybe_commit(now)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -229,7 +247,7 @@ class PutOperation(Operation):
             self.unfinished.pop((transfer.target, transfer.piece_id), None)
 
     def _pump(self, now: float) -> None:
-        if self.finished or self.phase != "transfer":
+        if self.finished or self.phase is not Phase.TRANSFER:
             return
         for transfer in list(self.unfinished.values()):
             if transfer.in_flight or transfer.retry_at > now:
@@ -258,13 +276,10 @@ class PutOperation(Operation):
 
     def _store_locally(self, transfer: Transfer) -> None:
         transfer.in_flight = True
-
-        def stored(t: float, done: ev.PieceStoredLocally) -> None:
-            if done.ok:
-                self.node.inventory.add(transfer.piece_id)
-            self._transfer_answered(t, transfer, done.ok, done.error or "local store failed")
-
-        self.node.local(lambda tag: ev.StorePieceLocal(tag, transfer.piece_id, transfer.handle), stored)
+        self.node.store_piece(
+            transfer.piece_id, transfer.handle,
+            lambda t, ok, error: self._transfer_answered(t, transfer, ok, error or "local store failed"),
+        )
 
     def _transfer_answered(self, now: float, transfer: Transfer, ok: bool, why: str) -> None:
         transfer.in_flight = False
@@ -348,13 +363,13 @@ class PutOperation(Operation):
         self._pump(now)
 
     def next_deadline(self) -> float | None:
-        if self.finished or self.phase != "transfer":
+        if self.finished or self.phase is not Phase.TRANSFER:
             return None
         due = [t.retry_at for t in self.unfinished.values() if not t.in_flight and t.retry_at > 0]
         return min(due, default=None)
 
     def on_members_changed(self, now: float) -> None:
-        if self.phase != "transfer":
+        if self.phase is not Phase.TRANSFER:
             return
         for transfer in list(self.unfinished.values()):
             if not self.node.is_alive(transfer.target) and not transfer.in_flight:
@@ -365,13 +380,13 @@ class PutOperation(Operation):
     # -- commit --------------------------------------------------------------------------
 
     def _maybe_commit(self, now: float) -> None:
-        if self.finished or self.phase != "transfer":
+        if self.finished or self.phase is not Phase.TRANSFER or self.version is None:
             return
         if len(self.entries) < len(self.plan) or len(self.file_hashes) < len(self.cmd.files):
             return
         if self.stripes_done < len(self.plan):
             return
-        self.phase = "manifest"
+        self.phase = Phase.MANIFEST
         manifest = self._manifest(now)
         if manifest.tolerance < self.policy.min_tolerance:
             self._fail(
@@ -425,10 +440,9 @@ class PutOperation(Operation):
     @staticmethod
     def _hint(stripe: EncodedStripe) -> tuple[str, ...]:
         k = stripe.entry.k
-        data = [[s.target for s in stripe.slots if s.position == i] for i in range(k)]
-        parity = [next(s.target for s in stripe.slots if s.position == k + j)
-                  for j in range(stripe.entry.p)]
-        return tuple(node for pair in data for node in pair) + tuple(parity)
+        targets = [[s.target for s in stripe.slots if s.position == i] for i in range(k + stripe.entry.p)]
+        where = placement.StripePlacement(tuple(tuple(t) for t in targets[:k]), tuple(t[0] for t in targets[k:]))
+        return where.as_hint()
 
     def _manifest_stored(self, now: float, manifest: Manifest, acks: int) -> None:
         if self.finished:
@@ -436,14 +450,14 @@ class PutOperation(Operation):
         if acks < manifest.tolerance + 1:
             self._fail(f"the manifest reached only {acks} nodes; it needs {manifest.tolerance + 1}")
             return
-        self.phase = "catalog"  # from here on the put may become visible: no more aborts
+        self.phase = Phase.CATALOG  # from here on the put may become visible: no more aborts
         entry = CatalogEntry(
             name=manifest.name, version=manifest.version, manifest_id=manifest.id,
             size=manifest.total_size(), files=len(manifest.files),
             tolerance=manifest.tolerance, created=manifest.created,
         )
         delta = Catalog(entries=[entry])
-        self.node._spread_catalog(now, delta, lambda t, acks: self._committed(t, manifest, acks))
+        self.node.spread_catalog(now, delta, lambda t, acks: self._committed(t, manifest, acks))
 
     def _committed(self, now: float, manifest: Manifest, acks: int) -> None:
         if acks < manifest.tolerance + 1:
@@ -462,7 +476,7 @@ class PutOperation(Operation):
     # -- ending --------------------------------------------------------------------------
 
     def cancel(self, now: float) -> None:
-        if self.phase == "catalog":
+        if self.phase is Phase.CATALOG:
             return  # may already be visible somewhere: finish the commit
         self.finish(ev.Failed("cancelled: the client disconnected before the put committed"))
 

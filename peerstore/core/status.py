@@ -11,13 +11,13 @@ from typing import Any
 from peerstore import placement
 from peerstore.core import events as ev
 from peerstore.core.manifests import ManifestFetch
-from peerstore.core.node import NodeCore, Operation
+from peerstore.core.context import NodeContext, Operation
 from peerstore.manifest import CatalogEntry, Manifest
 from peerstore.wire import messages as msg
 
 
 class StatusOperation(Operation):
-    def __init__(self, node: NodeCore, op_id: int, client: Any):
+    def __init__(self, node: NodeContext, op_id: int, client: Any):
         super().__init__(node, op_id, client)
         self.entries: list[CatalogEntry] = [
             e for name in node.catalog.names() for e in node.catalog.live_versions(name)
@@ -94,4 +94,5 @@ class StatusOperation(Operation):
                 empty=len(self.node.alive) - 1,
             )
             rows.append(ev.CheckpointStatus(entry, pieces=len(manifest.piece_ids()), tolerance=tolerance))
-        self.finish(ev.Status(self.node.node_id, tuple(sorted(self.node.alive)), tuple(rows)))
+        self.finish(ev.Status(self.node.node_id, tuple(sorted(self.node.alive)), tuple(rows),
+                              conflicts=tuple(self.node.catalog.conflicts())))

@@ -4,6 +4,7 @@ Layout under the store root::
 
     manifests/<64 hex>   one immutable manifest, named by the BLAKE3 of its encoding
     catalog.bin          the replicated catalog, replaced atomically as a whole
+    counters.bin         version counters this node reserved (never handed out twice)
     quarantine/          manifests found corrupt
 
 The bytes are opaque here; peerstore.manifest owns their format.
@@ -22,6 +23,7 @@ from peerstore.errors import CorruptPieceError
 from peerstore.store.pieces import DIR_MODE, FILE_MODE, make_dir_durably, check_id, is_id_name, quarantine_file
 
 CATALOG_NAME = "catalog.bin"
+COUNTERS_NAME = "counters.bin"
 
 
 def _is_stale_temp(name: str) -> bool:
@@ -39,6 +41,7 @@ class MetaStore:
         self.root = Path(root)
         self.manifests_dir = self.root / "manifests"
         self.catalog_path = self.root / CATALOG_NAME
+        self.counters_path = self.root / COUNTERS_NAME
         self.quarantine_dir = self.root / "quarantine"
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         make_dir_durably(self.manifests_dir)
@@ -63,13 +66,21 @@ class MetaStore:
                 f"refusing to store manifest {manifest_id.hex()}: its bytes hash to "
                 f"{blake3.blake3(data).hexdigest()}, not to its id"
             )
-        if self.has_manifest(manifest_id):
+        if self.has_manifest(manifest_id) and self._held_copy_matches(manifest_id):
             return False
         # Concurrent puts of one manifest each rename identical bytes into place: harmless.
         write_file_atomic(self._path(manifest_id), bytes(data), mode=FILE_MODE)
         with self._lock:
             self._ids.add(manifest_id)
         return True
+
+    def _held_copy_matches(self, manifest_id: bytes) -> bool:
+        """Re-read a held manifest before counting it as stored again: a rotten copy is
+        quarantined (False), so the caller writes the good bytes in its place."""
+        try:
+            return self.get_manifest(manifest_id) is not None
+        except CorruptPieceError:
+            return False
 
     def get_manifest(self, manifest_id: bytes) -> bytes | None:
         """The manifest's bytes, or None if not held.
@@ -117,5 +128,20 @@ class MetaStore:
         """The last saved catalog, or None if none was ever saved."""
         try:
             return self.catalog_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def quarantine_catalog(self) -> Path:
+        """Move a catalog file found corrupt aside (kept for inspection); where it went."""
+        return quarantine_file(self.catalog_path, self.quarantine_dir, CATALOG_NAME)
+
+    def save_counters(self, data: bytes) -> None:
+        """Replace the reserved version counters durably (old or new bytes after a crash)."""
+        write_file_atomic(self.counters_path, bytes(data), mode=FILE_MODE)
+
+    def load_counters(self) -> bytes | None:
+        """The last saved counters, or None if none were ever saved."""
+        try:
+            return self.counters_path.read_bytes()
         except FileNotFoundError:
             return None
