@@ -20,10 +20,17 @@ from typing import Any
 import trio
 import yaml
 
-from peerstore.client import DEFAULT_TIMEOUT, NodeClient, NotFoundError, OutcomeUnknownError, UsageError
+from peerstore.client import DEFAULT_TIMEOUT, NodeClient
 from peerstore.config import Config, config_from_mapping, load_config, parse_host_port, render_config
 from peerstore.durable import write_file_atomic
-from peerstore.errors import ConfigError, InvalidNameError, PeerstoreError
+from peerstore.errors import (
+    ConfigError,
+    InvalidNameError,
+    NotFoundError,
+    OutcomeUnknownError,
+    PeerstoreError,
+    UsageError,
+)
 from peerstore.names import parse_spec
 from peerstore.netaddr import detect_address
 from peerstore.progress import Progress, human_size
@@ -343,6 +350,15 @@ def format_status(status: dict, where: str) -> str:
                          "(TOLERANCE NOW = LOST); bring the missing nodes back")
     else:
         lines += ["", "no checkpoints stored"]
+    conflicts = [c for c in status.get("conflicts") or [] if isinstance(c, list)]
+    for same in conflicts:
+        claims = [e for e in same if isinstance(e, dict)]
+        first = claims[0] if claims else {}
+        ids = ", ".join(str(e.get("manifest_id", "?"))[:16] for e in claims)
+        version = first.get("version_id", first.get("version", "?"))
+        lines.append(f"\nCORRUPTION: version {version} of {first.get('name', '?')} is claimed by {len(claims)} "
+                     f"different checkpoints (manifests {ids}); both are kept, neither is served by that "
+                     "version; report it with the node logs")
     return "\n".join(lines)
 
 

@@ -22,11 +22,10 @@ from typing import Any
 
 import yaml
 
+from peerstore.core.settings import CoreSettings
 from peerstore.errors import ConfigError
-from peerstore.policy import MAX_PARITY, MAX_SHARD_SIZE, MAX_STRIPE_WIDTH, MIN_SHARD_SIZE, Policy
+from peerstore.policy import MAX_PARITY, MAX_SHARD_SIZE, MAX_STRIPE_WIDTH, MIN_SHARD_SIZE, KiB, MiB, Policy
 
-KiB = 1024
-MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 
@@ -59,15 +58,16 @@ class GossipSettings:
 
 @dataclass(frozen=True)
 class TransferSettings:
-    """Flow control and retry limits for piece transfers between nodes."""
+    """Flow control and retry limits for piece transfers between nodes. The defaults are
+    the core's (``CoreSettings``, the one place they are written), but connect_timeout."""
 
-    max_inflight_bytes_per_peer: int = 32 * MiB
-    memory_budget: int = 128 * MiB
-    request_timeout: float = 10.0
+    max_inflight_bytes_per_peer: int = CoreSettings.max_inflight_bytes_per_peer
+    memory_budget: int = CoreSettings.memory_budget
+    request_timeout: float = CoreSettings.request_timeout
     connect_timeout: float = 3.0
-    retries: int = 5
-    backoff_base: float = 0.2
-    backoff_max: float = 5.0
+    retries: int = CoreSettings.retries
+    backoff_base: float = CoreSettings.backoff_base
+    backoff_max: float = CoreSettings.backoff_max
 
 
 @dataclass(frozen=True)

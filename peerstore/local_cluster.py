@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from peerstore.client import UsageError
 from peerstore.config import CLUSTER_KEY_BYTES, render_config
 from peerstore.durable import write_file_atomic
+from peerstore.errors import UsageError
 
 MAX_NODES = 64
 LOCAL_DIR = "local"

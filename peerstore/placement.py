@@ -351,7 +351,11 @@ class StripePlacement:
 
     def holders(self) -> list[frozenset[str]]:
         """Per position (data shards, then parity chunks): the nodes placed there."""
-        return [frozenset(pair) for pair in self.data] + [frozenset((v,)) for v in self.parity]
+        return [frozenset(nodes) for nodes in self.positions()]
+
+    def positions(self) -> list[tuple[str, ...]]:
+        """Per position (data shards, then parity chunks): its nodes, replica A first."""
+        return [*self.data, *((v,) for v in self.parity)]
 
     def as_hint(self) -> tuple[str, ...]:
         """data0A, data0B, data1A, ..., parity0, ... (2k + p node ids): what manifests store."""

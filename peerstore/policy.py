@@ -6,7 +6,8 @@ stored under) and the core (which enforces it). Pure data, no I/O.
 
 from dataclasses import dataclass
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 
 MIN_SHARD_SIZE = 64 * 1024
 MAX_SHARD_SIZE = 64 * MiB

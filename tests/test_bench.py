@@ -12,15 +12,14 @@ import pytest
 
 from peerstore.bench import cli, profile
 from peerstore.bench.baselines import policy_writers, stored_factor
+from peerstore.bench.codec import codec_line, codec_throughput
 from peerstore.bench.procstat import Meter, machine_busy_seconds
 from peerstore.bench.report import AGAIN, COPY_ONCE, POLICY_COPIES, PhaseResult, aims
 from peerstore.bench.runner import Bench, Options, Outcome
 from peerstore.bench.sources import safetensors_source, shape_for
 from peerstore.bench.throttle import DutyCycle
-from peerstore.policy import Policy
+from peerstore.policy import MiB, Policy
 from peerstore.testing.procs import ProcCluster
-
-MiB = 1024 * 1024
 
 
 @pytest.mark.parametrize("size,nodes,policy,written", [
@@ -55,6 +54,13 @@ def test_a_source_is_generated_once_and_a_truncated_one_is_regenerated(tmp_path)
     with open(path, "r+b") as f:
         f.truncate(size // 2)
     assert safetensors_source(tmp_path, 2 * MiB, seed=3).stat().st_size == size
+
+
+def test_codec_throughput_is_measured_on_a_stripe_it_can_rebuild():
+    figures = codec_throughput(64 * 1024, 4, 2, rounds=2)
+    assert figures["data_shards_lost"] == 2
+    assert all(figures[key] > 0 for key in ("encode_mb_s", "decode_mb_s", "piece_id_mb_s"))
+    assert "encode" in codec_line(figures) and "64 KiB shards" in codec_line(figures)
 
 
 def _child(code: str) -> subprocess.Popen:
@@ -202,6 +208,7 @@ def test_a_small_run_measures_every_selected_phase(tmp_path):
     assert phases["get, 2 nodes down"]["extra"]["degraded_stripes"] >= 1
     assert sum(v is None for v in phases["get, 2 nodes down"]["peak_rss_mib"].values()) == 2
     assert {a["aim"].split(" >=")[0] for a in data["aims"]} >= {"put", "get"}
+    assert data["codec"]["encode_mb_s"] > 0 and data["codec"]["decode_mb_s"] > 0
     assert not any(p.name.startswith("run-") for p in tmp_path.iterdir()), "the run directory was left behind"
 
 

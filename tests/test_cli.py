@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from peerstore import cli
-from peerstore.client import UsageError
 from peerstore.config import load_config, render_config
+from peerstore.errors import UsageError
 from tests.test_client_fakenode import KEY, FakeNode, random_bytes, snapshot, write_tree
 
 
@@ -286,3 +286,12 @@ def test_status_marks_unrestorable_checkpoints():
                                "pieces": 6}]}
     text = cli.format_status(status, "127.0.0.1:7421")
     assert "(this node)" in text and "LOST" in text and "cannot be restored" in text
+
+
+def test_status_reports_a_version_claimed_by_two_checkpoints_as_corruption():
+    claim = {"name": "a", "version": 3, "version_id": "3.aaaaaaaaaaaaaaaa", "size": 10, "tolerance": 1}
+    status = {"node_id": "0123456789abcdef", "members": [], "checkpoints": [],
+              "conflicts": [[{**claim, "manifest_id": "11" * 32}, {**claim, "manifest_id": "22" * 32}]]}
+    text = cli.format_status(status, "127.0.0.1:7421")
+    assert "CORRUPTION: version 3.aaaaaaaaaaaaaaaa of a is claimed by 2 different checkpoints" in text
+    assert "1111111111111111, 2222222222222222" in text

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from peerstore import local_cluster as lc
-from peerstore.client import UsageError
 from peerstore.config import load_config
+from peerstore.errors import UsageError
 
 
 def test_plan_assigns_ports_and_metrics():
@@ -87,7 +87,7 @@ def fake_nodes(tmp_path: Path, count: int) -> list[lc.LocalNode]:
     return nodes
 
 
-SLEEPER = [sys.executable, "-c", "import sys, time; print('started', sys.argv[1]); time.sleep(60)"]
+SLEEPER = [sys.executable, "-c", "import sys, time; print('started', sys.argv[1], flush=True); time.sleep(60)"]
 QUITTER = [sys.executable, "-c", "import sys; print('boom: cannot bind'); sys.exit(3)"]
 STUBBORN = [sys.executable, "-c",
             "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
@@ -103,6 +103,7 @@ def test_supervisor_stops_children_with_sigterm_then_sigkill(tmp_path):
     stubborn.start()
     assert polite.check_children() == 1 and stubborn.check_children() == 1
     _wait_for(nodes[1].log_path, "ready")
+    _wait_for(nodes[0].log_path, "started")
     polite.stop(timeout=5)
     stubborn.stop(timeout=0.3)
     assert polite.procs[1].returncode == -signal.SIGTERM

@@ -9,18 +9,19 @@ from pathlib import Path
 import pytest
 import trio
 
-from peerstore.client import (
-    CheckpointWriter,
-    NodeClient,
+from peerstore.client import CheckpointWriter, NodeClient, is_loopback, scan_source
+from peerstore.errors import (
+    AuthError,
+    CodecError,
+    FormatError,
+    InvalidNameError,
     NodeUnreachable,
     NotFoundError,
     OutcomeUnknownError,
+    PeerstoreError,
     TargetExists,
     UsageError,
-    is_loopback,
-    scan_source,
 )
-from peerstore.errors import AuthError, CodecError, FormatError, InvalidNameError, PeerstoreError
 from tests.test_client_fakenode import KEY, FakeNode, build_manifest, random_bytes, snapshot, write_tree
 
 SMALL = 300_000  # > one 4 x 64 KiB stripe, so files have several stripes

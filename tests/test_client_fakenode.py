@@ -10,7 +10,6 @@ Run it inside a test's trio.run (``await nursery.start(node.serve)``) or in a th
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 import time
 from contextlib import contextmanager
@@ -21,14 +20,13 @@ import blake3
 import msgpack
 import trio
 
-from peerstore.client import _Wire
 from peerstore.ec.layout import iter_stripes
 from peerstore.manifest import Catalog, CatalogEntry, CatalogNotFound, FileEntry, Manifest, StripeEntry
 from peerstore.names import VersionId
 from peerstore.policy import Policy
 from peerstore.wire import ConnectionClosed, HandshakeComplete, Message
 from peerstore.wire.client_protocol import entry_dict, failed, parse_put
-from peerstore.wire.frames import Connection
+from peerstore.wirestream import WireStream
 
 KEY = bytes(range(32))
 NODE_ID = "0123456789abcdef"
@@ -116,8 +114,7 @@ class FakeNode:
             thread.join(10)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        conn = Connection(role="server", cluster_key=KEY, node_id=NODE_ID, nonce=secrets.token_bytes(32))
-        wire = _Wire(stream, conn, "client", idle=30)
+        wire = WireStream(stream, role="server", cluster_key=KEY, node_id=NODE_ID, where="client", idle=30)
         try:
             event = await wire.next_event()
             if not isinstance(event, HandshakeComplete):
@@ -133,7 +130,7 @@ class FakeNode:
         finally:
             await wire.aclose()
 
-    async def _on_put(self, wire: _Wire, header: dict) -> None:
+    async def _on_put(self, wire: WireStream, header: dict) -> None:
         name, files, is_dir, local_root = parse_put(header)
         if self.put_mode == "drop_after_request" or self.put_mode == "freeze" and local_root:
             if self.put_mode == "freeze":
@@ -171,7 +168,7 @@ class FakeNode:
         await wire.send({"t": "put_done", "name": name, "version": str(m.version), "tolerance": m.tolerance,
                          "size": m.total_size(), "pieces": len(m.piece_ids()), "manifest_id": m.id.hex()})
 
-    async def _on_get(self, wire: _Wire, header: dict) -> None:
+    async def _on_get(self, wire: WireStream, header: dict) -> None:
         try:
             entry = self.catalog().resolve(header["spec"])
         except CatalogNotFound as err:
@@ -215,19 +212,19 @@ class FakeNode:
         await wire.send({"t": "get_done", "name": m.name, "version": str(m.version), "size": m.total_size(),
                          "degraded": 0, "fallbacks": 0})
 
-    async def _on_ls(self, wire: _Wire, header: dict) -> None:
+    async def _on_ls(self, wire: WireStream, header: dict) -> None:
         catalog = self.catalog()
         names = [header["name"]] if header.get("name") else catalog.names()
         entries = [entry_dict(e) for n in names for e in catalog.live_versions(n)]
         await wire.send({"t": "listing", "entries": entries})
 
-    async def _on_status(self, wire: _Wire, header: dict) -> None:
+    async def _on_status(self, wire: WireStream, header: dict) -> None:
         checkpoints = [{**entry_dict(s.entry), "pieces": len(s.manifest.piece_ids()), "tolerance_now": 1}
                        for s in self.stored]
         members = [{"node_id": NODE_ID, "name": "fake", "addr": f"127.0.0.1:{self.port}", "state": "alive"}]
         await wire.send({"t": "status", "node_id": NODE_ID, "members": members, "checkpoints": checkpoints})
 
-    async def _on_rm(self, wire: _Wire, header: dict) -> None:
+    async def _on_rm(self, wire: WireStream, header: dict) -> None:
         catalog = self.catalog()
         try:
             versions = catalog.rm(header["spec"])

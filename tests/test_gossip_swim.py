@@ -68,12 +68,15 @@ def silent(swim: Swim, now: float, send: SendDatagram) -> list:
     return []
 
 
+MAX_TICKS = 100_000
+
+
 def run(swim: Swim, until: float, respond: Responder = silent, start: float = 0.0) -> list[tuple[float, object]]:
     """Tick the machine up to ``until``, feeding each datagram to ``respond``."""
     out: list[tuple[float, object]] = []
     now = start
     pending: list = []
-    while True:
+    for _ in range(MAX_TICKS):  # a deadline that never advances fails instead of hanging
         now = max(now, swim.next_deadline())
         if now > until:
             return out
@@ -83,6 +86,7 @@ def run(swim: Swim, until: float, respond: Responder = silent, start: float = 0.
             out.append((now, effect))
             if isinstance(effect, SendDatagram):
                 pending += respond(swim, now, effect)
+    raise AssertionError(f"swim ticked {MAX_TICKS} times before reaching t={until}: its deadline is stuck at {now}")
 
 
 def sends(effects, kind: str | None = None) -> list[SendDatagram]:

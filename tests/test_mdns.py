@@ -2,13 +2,11 @@ import contextlib
 import logging
 import os
 import re
-from pathlib import Path
 
 import pytest
 import trio
 from zeroconf import ServiceStateChange
 
-from peerstore.config import Config
 from peerstore.daemon import mdns
 from peerstore.daemon.mdns import (
     SERVICE_TYPE,
@@ -375,15 +373,14 @@ def test_loopback_discovery_update_and_goodbye():
     trio.run(main)
 
 
-def test_mdns_from_config_on_loopback_sees_its_peer():
+def test_mdns_on_loopback_sees_its_peer():
     if (probe := mdns.open_zeroconf(["127.0.0.1"])) is None:
         pytest.skip("zeroconf cannot open a multicast socket on 127.0.0.1 here; see test_mdns_netns.py")
     mdns._close_zeroconf(probe)
     key = os.urandom(32)
     ids = [os.urandom(8).hex() for _ in range(2)]
-    configs = [Config(source="test", data_dir=Path("unused"), cluster_key=key, listen_port=7500 + i,
-                      advertise_host="127.0.0.1", node_name=f"node {i}") for i in range(2)]
-    nodes = [Mdns.from_config(configs[i], ids[i], gossip_port=7600 + i) for i in range(2)]
+    nodes = [Mdns(cluster_key=key, node_id=ids[i], node_name=f"node {i}", port=7500 + i, gossip_port=7600 + i,
+                  addresses=["127.0.0.1"]) for i in range(2)]
 
     async def first_event(node, into, index):
         with trio.move_on_after(15):

@@ -12,7 +12,7 @@ import pytest
 
 from peerstore.daemon import netns_testing as nt
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.needs_real]
 
 REPO = Path(__file__).resolve().parent.parent
 DISCOVERY_DEADLINE = 20.0

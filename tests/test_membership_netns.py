@@ -17,7 +17,7 @@ from peerstore.config import generate_cluster_key
 from peerstore.daemon import netns_testing as nt
 from peerstore.testing.make_checkpoint import write_safetensors
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.needs_real]
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 7420

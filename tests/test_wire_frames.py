@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import tracemalloc
 
@@ -50,10 +51,33 @@ def frame(conn, header, payload=b""):
     return conn.send_message(header, len(payload), digest) + payload
 
 
+def until_quiet(step, quiet, limit=100_000):
+    """Yield ``step()`` until ``quiet(value)``; fail after ``limit`` values, so a codec that
+    never goes quiet fails the test instead of looping forever and eating memory."""
+    for _ in range(limit):
+        value = step()
+        if quiet(value):
+            return
+        yield value
+    raise AssertionError(f"still producing after {limit} values; the last was {value!r}")
+
+
+def events(conn):
+    return until_quiet(conn.next_event, lambda event: event is None)
+
+
+def buffered_views(conn):
+    return until_quiet(conn.take_buffered_payload, lambda view: not len(view))
+
+
+def take_random(conn, rng):
+    return conn.take_buffered_payload(rng.randint(1, 4096))
+
+
 def collect(conn):
     """Drain events; payload chunks are joined per message -> list of (header, payload|None)."""
     out, parts = [], None
-    while (event := conn.next_event()) is not None:
+    for event in events(conn):
         if isinstance(event, Message):
             out.append([event.header, None if not event.payload_len else b"", event.payload_hash])
             parts = []
@@ -96,7 +120,8 @@ def receive_all(conn, stream, splits, external, rng):
         pieces.append(stream[start:cut])
         start = cut
     pending = [p for p in pieces if p]
-    while True:
+    # Bounded: at most a few events per received byte; a codec that never ends fails here.
+    for _ in range(4 * len(stream) + 100):
         event = conn.next_event()
         if event is None:
             if not pending:
@@ -108,7 +133,8 @@ def receive_all(conn, stream, splits, external, rng):
             messages.append((event.header, current, event.payload_len))
             if event.payload_len and external:
                 # drain what is buffered, then "read the socket" straight into our buffer
-                while view := conn.take_buffered_payload(rng.randint(1, 4096)):
+                take = functools.partial(take_random, conn, rng)
+                for view in until_quiet(take, lambda view: not len(view)):
                     current += view
                 while conn.payload_remaining:
                     data = pending.pop(0)
@@ -121,6 +147,7 @@ def receive_all(conn, stream, splits, external, rng):
             current += event.data
         elif isinstance(event, PayloadEnd):
             assert len(current) == messages[-1][2]
+    raise AssertionError(f"the receiver never went quiet on {len(stream)} bytes ({len(messages)} messages)")
 
 
 @pytest.mark.parametrize("external", [False, True])
@@ -170,7 +197,7 @@ def test_external_payload_path_reads_the_rest_from_the_socket():
     message = server.next_event()
     assert message.payload_len == len(payload)
     buffer, filled = bytearray(len(payload)), 0
-    while view := server.take_buffered_payload():
+    for view in buffered_views(server):
         buffer[filled : filled + len(view)] = view
         filled += len(view)
     assert filled == 1000 and server.payload_remaining == len(payload) - 1000
@@ -188,7 +215,7 @@ def test_external_path_misuse_is_refused_without_breaking_framing():
     server.next_event()
     with pytest.raises(RuntimeError, match="still buffered"):
         server.payload_received_externally(10)
-    while server.take_buffered_payload():
+    for _ in buffered_views(server):
         pass
     with pytest.raises(RuntimeError, match="only 50 remain"):
         server.payload_received_externally(51)
@@ -246,7 +273,7 @@ def test_reordered_replayed_and_reflected_frames_fail_the_mac():
         fresh_server.receive_data(stream)
         events = []
         with pytest.raises(AuthError):
-            while True:
+            for _ in range(5):  # a broken MAC check lets None repeat forever: fail, do not hang
                 events.append(fresh_server.next_event())
         assert len(events) == (0 if name == "reordered" else 1)
     # a client frame sent back to the client: same session, wrong direction label
@@ -316,7 +343,7 @@ def test_truncation_at_eof_is_a_codec_error_at_every_cut():
             assert server.next_event() == ConnectionClosed()
             continue
         with pytest.raises(CodecError, match="closed the connection"):
-            while True:
+            for _ in range(5):  # one whole message at most, then the error
                 server.next_event()
 
 
@@ -399,7 +426,7 @@ def test_random_bytes_after_the_handshake_only_raise_codec_errors_and_stay_bound
     try:
         for chunk in chunks:
             server.receive_data(chunk)
-            while server.next_event() is not None:
+            for _ in events(server):
                 pass
             assert server.buffered_bytes < MAX_FRAME_PREFIX
     except CodecError:

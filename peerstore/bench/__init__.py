@@ -5,5 +5,6 @@ plain-copy baselines measured in the same run; see docs/performance.md.
 
 Modules: ``runner`` (the phases), ``baselines`` (cp/dd + sync), ``procstat`` (CPU and
 RSS from /proc), ``commands`` (timed subprocesses), ``throttle`` (a slow node),
-``sources`` (cached checkpoints), ``report`` (table, JSON, aims), ``cli``.
+``sources`` (cached checkpoints), ``codec`` (zfec and BLAKE3 throughput, no I/O), ``report``
+(table, JSON, aims), ``cli``.
 """

@@ -14,13 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from peerstore.bench.codec import codec_line, codec_throughput
 from peerstore.bench.commands import can_drop_page_cache
 from peerstore.bench.report import aims, aims_block, notes_block, phase_json, phase_table, sweep_table
 from peerstore.bench.runner import PHASES, Bench, Options, log
 from peerstore.config import format_size, parse_size
-from peerstore.policy import MAX_SHARD_SIZE, MIN_SHARD_SIZE
+from peerstore.policy import MAX_SHARD_SIZE, MIN_SHARD_SIZE, MiB
 
-MiB = 1024 * 1024
 SWEEP_DEFAULT_SIZE = 512 * 1000 * 1000
 MAX_NODES = 16
 EPILOG = """\
@@ -145,7 +145,8 @@ def machine() -> dict[str, Any]:
             "memory": " ".join(mem.split()[1:]), "load_average": os.getloadavg()}
 
 
-def report_json(bench: Bench, argv: Sequence[str], started: float) -> dict[str, Any]:
+def report_json(bench: Bench, argv: Sequence[str], started: float,
+                codec: dict[str, Any] | None = None) -> dict[str, Any]:
     options = asdict(bench.options)
     options["workdir"] = str(options["workdir"])
     options["only"] = sorted(options["only"])
@@ -160,6 +161,7 @@ def report_json(bench: Bench, argv: Sequence[str], started: float) -> dict[str, 
         "phases": [phase_json(r, bench.results) for r in bench.results],
         "aims": aims(bench.results),
         "sweep": bench.sweep_rows,
+        "codec": codec,
         "failures": bench.failures,
     }
 
@@ -180,6 +182,8 @@ def print_report(bench: Bench, data: dict[str, Any]) -> None:
         print("\naims (issue 5):\n" + aims_block(data["aims"]))
     if bench.sweep_rows:
         print("\nshard-size sweep:\n" + sweep_table(bench.sweep_rows))
+    if data["codec"]:
+        print("\nerasure coding (no I/O):\n" + codec_line(data["codec"]))
     if bench.profiles and bench.options.profile_dir is not None:
         summary = bench.options.profile_dir / "summary.txt"
         summary.write_text("\n\n".join(bench.profiles) + "\n")
@@ -207,7 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if args.clean:
             shutil.rmtree(bench.cache, ignore_errors=True)
-    data = report_json(bench, argv, started)
+    # after the cluster phases, so the nodes do not compete with it for the CPU
+    policy = bench.policy
+    data = report_json(bench, argv, started, codec_throughput(policy.shard_size, policy.stripe_width, policy.parity))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -10,9 +10,9 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from peerstore.policy import KiB, MiB
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-KiB = 1024
-MiB = 1024 * 1024
 
 
 def cpu_split(pid: int) -> tuple[float, float] | None:

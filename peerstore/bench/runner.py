@@ -27,10 +27,9 @@ from peerstore.bench.sources import checkpoint_dir_source, safetensors_source, s
 from peerstore.bench.stored import replica_pair, share_times, stored_manifest
 from peerstore.bench.throttle import DutyCycle
 from peerstore.config import format_size
-from peerstore.policy import Policy
+from peerstore.policy import MiB, Policy
 from peerstore.testing.procs import NodeProc, ProcCluster, wait_for
 
-MiB = 1024 * 1024
 PHASES = ("baselines", "put", "put_stream", "get", "get_1down", "get_2down", "dir", "slow", "concurrent")
 NEEDS_STORED_MODEL = ("get", "get_1down", "get_2down")
 SLOWEST_RATE = 2e6  # bytes/s: a command slower than this is stuck, not slow

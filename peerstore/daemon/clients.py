@@ -17,9 +17,9 @@ import trio
 
 from peerstore.core import events as ev
 from peerstore.daemon.sources import ClientStream, FileHasher, LocalFiles, SourceError, encode_stripe
-from peerstore.daemon.transport import Frame, PeerClosed, WireStream
 from peerstore.errors import CodecError
 from peerstore.wire import client_protocol as cp
+from peerstore.wirestream import Frame, PeerClosed, WireStream
 
 if TYPE_CHECKING:
     from peerstore.daemon.node import Daemon
@@ -198,6 +198,7 @@ class ClientSession:
                     {**cp.entry_dict(row.entry), "pieces": row.pieces, "tolerance_now": row.tolerance}
                     for row in body.checkpoints
                 ],
+                "conflicts": [[cp.entry_dict(e) for e in same] for same in body.conflicts],
             }))
         else:  # pragma: no cover - a new reply type without a wire form
             raise AssertionError(f"no wire form for {type(body).__name__}")

@@ -1,7 +1,10 @@
 """The trio shell of membership: UDP datagrams and TCP streams for the ``Swim`` machine.
 
 Datagrams are msgpack, sealed with a MAC and a (node id, boot epoch, sequence) tag; a
-forged, replayed or malformed one is dropped and counted. Stream requests (push-pull
+forged, replayed or malformed one is dropped and counted. Gossip is encoded and decoded
+with ``peerstore.gossip.messages``, as in the simulator, so under the same limits.
+Re-seeding (when alone, and the periodic island check) is decided by ``Swim``: this
+shell only hands it the config seeds and what mDNS finds. Stream requests (push-pull
 and the fallback ping) use a short-lived authenticated TCP connection each. The machine
 runs on the node's TCP port number, over UDP.
 
@@ -19,12 +22,10 @@ import socket
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import trio
 
 from peerstore.config import GossipSettings
 from peerstore.core.membership import CoreMembership, boot_incarnation
-from peerstore.daemon.transport import PeerClosed, dial
 from peerstore.errors import CodecError
 from peerstore.gossip import (
     MemberChanged,
@@ -35,7 +36,9 @@ from peerstore.gossip import (
     SendStream,
     Swim,
 )
+from peerstore.gossip.messages import decode, decode_datagram, encode, encode_datagram
 from peerstore.wire import ReplayFilter, open_datagram, seal_datagram
+from peerstore.wirestream import PeerClosed, dial
 
 if TYPE_CHECKING:
     from peerstore.daemon.node import Daemon
@@ -43,19 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("peerstore.gossip")
 
 STREAM_TIMEOUT = 5.0
-RESEED_INTERVAL = 2.0
-ISLAND_CHECK_ROUNDS = 15  # every 30 s: push-pull with seeds that are not alive (add_seeds skips live ones)
-MAX_STREAM_BYTES = 16 * 1024 * 1024
-UNPACK_LIMITS = dict(max_str_len=65536, max_bin_len=1 << 20, max_array_len=8192, max_map_len=4096)
-
-
-def decode(body: bytes, limit: int) -> Any:
-    if len(body) > limit:
-        raise CodecError("gossip message too large")
-    try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=True, **UNPACK_LIMITS)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
-        raise CodecError(f"bad gossip message: {err}") from err
 
 
 class Membership:
@@ -67,7 +57,6 @@ class Membership:
         self.key = daemon.config.cluster_key
         self.bind_host = bind_host
         self.seeds = list(seeds)
-        self.extra_seeds: list[tuple[str, int]] = []  # found by mDNS
         self.swim = Swim(
             node_id=self.node_id, addr=addr, incarnation=boot_incarnation(self.epoch),
             settings=settings, rng=random.Random(), now=trio.current_time(),
@@ -93,7 +82,6 @@ class Membership:
             self.nursery = nursery
             nursery.start_soon(self._receive_loop)
             nursery.start_soon(self._timer_loop)
-            nursery.start_soon(self._reseed_while_alone)
             self.apply(self.swim.start(trio.current_time(), self.seeds))
             task_status.started()
 
@@ -110,10 +98,10 @@ class Membership:
             elif isinstance(effect, (MemberChanged, MemberRemoved)):
                 self._member_event(effect)
             elif isinstance(effect, NeedSeeds):
-                seeds = self.seeds + self.extra_seeds
-                if seeds:
-                    log.info("no other live member: re-seeding from %d address(es)", len(seeds))
-                    self.apply(self.swim.add_seeds(trio.current_time(), seeds))
+                # Swim re-contacts its remembered seeds and known members by itself;
+                # mDNS finds reach it through add_seeds as zeroconf reports them.
+                log.info("no other live member: re-seeding from %d remembered address(es)",
+                         len(self.swim.seeds()))
         self.wake.set()
 
     def _member_event(self, effect: MemberChanged | MemberRemoved) -> None:
@@ -151,34 +139,12 @@ class Membership:
                 self.publish_catalog()
                 self.apply(self.swim.tick(now))
 
-    async def _reseed_while_alone(self) -> None:
-        """While no other member looks alive (a cable was out, the network changed), keep
-        contacting every address we know, so rejoining takes seconds, not a push-pull
-        period. The machine's own NeedSeeds backs off; this stays brisk but cheap. Now
-        and then, also contact seeds that are not alive even when we are not alone: two
-        groups that restarted apart (an island) would otherwise never meet."""
-        rounds = 0
-        while True:
-            await trio.sleep(RESEED_INTERVAL)
-            rounds += 1
-            if self.swim.left:
-                continue
-            if len(self.swim.alive_ids()) > 1:
-                if rounds % ISLAND_CHECK_ROUNDS == 0 and (self.seeds or self.extra_seeds):
-                    self.apply(self.swim.add_seeds(trio.current_time(), [*self.seeds, *self.extra_seeds]))
-                continue
-            known = [tuple(m.addr) for m in self.swim.members() if m.node_id != self.node_id]
-            seeds = list(dict.fromkeys([*self.seeds, *self.extra_seeds, *known]))
-            if seeds:
-                self.apply(self.swim.add_seeds(trio.current_time(), seeds))  # type: ignore[arg-type]
-
     # -- datagrams -----------------------------------------------------------------------
 
     def _send_datagram(self, addr: tuple[str, int], message: dict[str, Any]) -> None:
         self.seq += 1
         try:
-            data = seal_datagram(self.key, self.node_id, self.epoch, self.seq,
-                                 msgpack.packb(message, use_bin_type=True))
+            data = seal_datagram(self.key, self.node_id, self.epoch, self.seq, encode_datagram(message))
             self.raw_sock.sendto(data, addr)  # non-blocking: a full buffer drops it, as UDP may
         except (OSError, CodecError) as err:
             self.dropped["send"] += 1
@@ -194,9 +160,7 @@ class Membership:
                 continue
             try:
                 sender, _, _, body = open_datagram(self.key, data, self.replay)
-                message = decode(body, 2048)
-                if not isinstance(message, dict) or message.get("f") != sender:
-                    raise CodecError("datagram sender does not match its authenticated tag")
+                message = decode_datagram(body, sender)
             except CodecError as err:
                 self.dropped[type(err).__name__] += 1
                 log.debug("dropped a datagram from %s: %s", source, err)
@@ -211,10 +175,10 @@ class Membership:
             with trio.fail_after(STREAM_TIMEOUT):
                 wire = await dial(*effect.addr, cluster_key=self.key, node_id=self.node_id, timeout=STREAM_TIMEOUT)
                 try:
-                    await wire.send({"t": "gossip"}, msgpack.packb(effect.message, use_bin_type=True))
+                    await wire.send({"t": "gossip"}, encode(effect.message))
                     frame = await wire.receive()
                     if frame.header.get("t") == "gossip" and frame.payload is not None:
-                        reply = decode(bytes(frame.payload), MAX_STREAM_BYTES)
+                        reply = decode(bytes(frame.payload))
                 finally:
                     await wire.aclose()
         except (OSError, trio.TooSlowError, CodecError, PeerClosed, trio.BrokenResourceError) as err:
@@ -223,17 +187,15 @@ class Membership:
 
     def answer_stream(self, source: tuple[str, int], payload: bytes | None) -> bytes:
         """Serve a stream request that arrived on a TCP connection; returns the reply."""
-        message = decode(payload or b"", MAX_STREAM_BYTES)
+        message = decode(payload or b"")
         reply, effects = self.swim.on_stream_request(trio.current_time(), source, message)
         self.apply(effects)
-        return msgpack.packb(reply, use_bin_type=True)
+        return encode(reply)
 
     # -- queries and control -------------------------------------------------------------
 
     def add_seeds(self, addrs: list[tuple[str, int]]) -> None:
-        for addr in addrs:
-            if addr not in self.extra_seeds:
-                self.extra_seeds.append(addr)
+        """Pass on addresses mDNS found (Swim remembers them for re-seeding)."""
         self.apply(self.swim.add_seeds(trio.current_time(), addrs))
 
     def set_addr(self, addr: tuple[str, int]) -> None:

@@ -23,11 +23,10 @@ import dataclasses
 import ipaddress
 import logging
 import re
-import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import blake3
 import ifaddr  # zeroconf's own dependency for listing interfaces
@@ -42,9 +41,6 @@ from zeroconf import (
     ServiceStateChange,
     Zeroconf,
 )
-
-if TYPE_CHECKING:
-    from peerstore.config import Config
 
 log = logging.getLogger("peerstore.mdns")
 
@@ -615,20 +611,6 @@ class Mdns:
         self._browsing: _Browsing | None = None
         self._lock = trio.Lock()
 
-    @classmethod
-    def from_config(cls, config: Config, node_id: str, *, gossip_port: int,
-                    node_name: str | None = None) -> Mdns:
-        """Mdns for a node's config: advertise_host (or a specific listen_host) when it is an
-        IPv4 literal, else every non-loopback address; node_name falls back to the host name."""
-        addresses = None
-        for host in (config.advertise_host, config.listen_host):
-            if host and host != "0.0.0.0" and _is_ipv4(host):
-                addresses = [host]
-                break
-        return cls(cluster_key=config.cluster_key, node_id=node_id,
-                   node_name=node_name or config.node_name or socket.gethostname(),
-                   port=config.listen_port, gossip_port=gossip_port, addresses=addresses)
-
     @property
     def active(self) -> bool:
         """Whether zeroconf is running (browsing, and advertising once an address exists)."""
@@ -688,14 +670,6 @@ class Mdns:
         if self._zc is not None:
             await trio.to_thread.run_sync(_close_zeroconf, self._zc)
             self._zc = None
-
-
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------

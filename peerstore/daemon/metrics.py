@@ -25,6 +25,7 @@ MEMBER_STATES = ("alive", "suspect", "dead", "left")
 ALERTED_CORE_EVENTS = (
     "request_timeout", "request_unreachable", "piece_fallbacks",
     "stripes_rebuilt_from_parity", "corrupt_pieces_fetched", "gossip_dropped_AuthError",
+    "catalog_conflicts", "held_pieces_corrupt",
 )
 
 

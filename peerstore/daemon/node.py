@@ -28,15 +28,16 @@ from peerstore.daemon.clients import ClientSession
 from peerstore.daemon.gossip import Membership
 from peerstore.daemon.metrics import Metrics
 from peerstore.daemon.peers import DIAL_ERRORS, Peers
-from peerstore.daemon.transport import Frame, PeerClosed, WireStream, tune_socket
 from peerstore.ec import decode_data
 from peerstore.errors import AuthError, CodecError, DiskFullError, FormatError, PeerstoreError, StoreError
 from peerstore.identity import NodeIdentity
+from peerstore.core.snapshots import restore_catalog, restore_counters
 from peerstore.manifest import Catalog
 from peerstore.netaddr import detect_address
 from peerstore.store import MetaStore, PieceStore
 from peerstore.wire import client_protocol as cp
 from peerstore.wire import messages as msg
+from peerstore.wirestream import Frame, PeerClosed, WireStream, tune_socket
 
 log = logging.getLogger("peerstore.node")
 
@@ -46,13 +47,8 @@ ADDRESS_CHECK_INTERVAL = 2.0
 
 
 def core_settings(config: Config) -> CoreSettings:
-    t = config.transfer
-    return CoreSettings(
-        policy=config.policy, request_timeout=t.request_timeout, retries=t.retries,
-        backoff_base=t.backoff_base, backoff_max=t.backoff_max,
-        max_inflight_bytes_per_peer=t.max_inflight_bytes_per_peer, memory_budget=t.memory_budget,
-        commit_timeout=t.request_timeout,
-    )
+    """The core's settings from the node's config (see ``CoreSettings.from_config``)."""
+    return CoreSettings.from_config(config.policy, config.transfer)
 
 
 class Daemon:
@@ -65,7 +61,7 @@ class Daemon:
         catalog = self._load_catalog()
         self.core = NodeCore(
             self.node_id, core_settings(config), random.Random(), catalog=catalog,
-            inventory=self.pieces.inventory(),
+            inventory=self.pieces.inventory(), counters=self._load_counters(), boot_epoch=self.boot_epoch,
         )
         self.buffers = Buffers()
         self.metrics = Metrics()
@@ -77,7 +73,6 @@ class Daemon:
         )
         self.membership: Membership | None = None
         self.mdns: Any = None
-        self.catalog_lock = trio.Lock()
         self.store_limiter = trio.CapacityLimiter(4)
         self.nursery: trio.Nursery | None = None
         self.listen_port: int | None = None
@@ -85,13 +80,21 @@ class Daemon:
         self._next_session = 0
 
     def _load_catalog(self) -> Catalog:
-        blob = self.meta.load_catalog()
-        if blob is None:
-            return Catalog()
+        catalog, problem = restore_catalog(self.meta.load_catalog())
+        if problem:
+            moved = self.meta.quarantine_catalog()
+            log.error("%s: %s; moved it to %s and starting with an empty catalog, which the other "
+                      "nodes fill in again", self.meta.catalog_path, problem, moved)
+        return catalog
+
+    def _load_counters(self) -> dict[str, int]:
         try:
-            return Catalog.decode(blob)
+            return restore_counters(self.meta.load_counters())
         except FormatError as err:
-            raise FormatError(f"{self.config.data_dir}/catalog: {err}") from err
+            raise FormatError(
+                f"{self.meta.counters_path}: {err}; this file keeps version ids unique, so the node "
+                "will not start without it: restore it from a backup, or move it aside only if no put "
+                "ever ran through this node") from err
 
     # -- running -------------------------------------------------------------------------
 
@@ -113,6 +116,7 @@ class Daemon:
                 nursery.start_soon(self._run_mdns)
             if not self.config.advertise_host:
                 nursery.start_soon(self._follow_address)
+            self.feed(ev.Started())  # as the simulator does: catch up with whoever is known
             nursery.start_soon(self._core_loop)
             nursery.start_soon(self._refresh_metrics)
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
@@ -246,11 +250,27 @@ class Daemon:
                 except DiskFullError as err:
                     error = f"disk full: {err}"
                     self.metrics.errors.labels("disk_full").inc()
-                except StoreError as err:
-                    error = str(err)
-                    self.metrics.errors.labels("store").inc()
+                except (StoreError, OSError) as err:
+                    error = self._store_failed("storing piece " + effect.piece_id.hex()[:16], err)
             self.buffers.give_back(effect.handle)
         self.feed(ev.PieceStoredLocally(effect.tag, effect.piece_id, ok, error[:200]))
+
+    def _store_failed(self, what: str, err: Exception) -> str:
+        """Count and log a failed local write; the operation fails, the node goes on."""
+        self.metrics.errors.labels("store").inc()
+        log.warning("%s failed: %s", what, err)
+        return f"{what} failed: {err}"
+
+    async def _do_VerifyHeldPiece(self, effect: ev.VerifyHeldPiece) -> None:
+        try:
+            ok = await trio.to_thread.run_sync(self.pieces.verify, effect.piece_id)
+        except (StoreError, OSError) as err:
+            ok = False
+            log.warning("re-reading held piece %s failed: %s", effect.piece_id.hex()[:16], err)
+        if not ok:
+            self.metrics.errors.labels("corrupt_piece").inc()
+            log.warning("held piece %s no longer matches its id; replacing it", effect.piece_id.hex()[:16])
+        self.feed(ev.HeldPieceVerified(effect.tag, effect.piece_id, ok))
 
     async def _do_LoadPiece(self, effect: ev.LoadPiece) -> None:
         handle = None
@@ -284,25 +304,32 @@ class Daemon:
         try:
             await trio.to_thread.run_sync(self.meta.put_manifest, effect.manifest_id, effect.blob)
             self.feed(ev.ManifestStoredLocally(effect.tag, True))
-        except PeerstoreError as err:
-            self.feed(ev.ManifestStoredLocally(effect.tag, False, str(err)[:200]))
+        except (PeerstoreError, OSError) as err:
+            error = self._store_failed("storing manifest " + effect.manifest_id.hex()[:16], err)
+            self.feed(ev.ManifestStoredLocally(effect.tag, False, error[:200]))
 
     async def _do_LoadManifest(self, effect: ev.LoadManifest) -> None:
         try:
             blob = await trio.to_thread.run_sync(self.meta.get_manifest, effect.manifest_id)
-        except PeerstoreError:
+        except (PeerstoreError, OSError):
             blob = None
         self.feed(ev.ManifestLoaded(effect.tag, blob))
 
     async def _do_PersistCatalog(self, effect: ev.PersistCatalog) -> None:
-        # Writes are serialised and always write the newest state, so an older snapshot
-        # finishing late can never overwrite a newer one.
-        async with self.catalog_lock:
-            try:
-                await trio.to_thread.run_sync(self.meta.save_catalog, self.core.catalog.encode())
-                self.feed(ev.CatalogPersisted(effect.tag, True))
-            except PeerstoreError as err:
-                self.feed(ev.CatalogPersisted(effect.tag, False, str(err)[:200]))
+        # The core never has two catalog writes outstanding: the blob is written as is.
+        try:
+            await trio.to_thread.run_sync(self.meta.save_catalog, effect.blob)
+            self.feed(ev.CatalogPersisted(effect.tag, True))
+        except (PeerstoreError, OSError) as err:
+            self.feed(ev.CatalogPersisted(effect.tag, False, self._store_failed("saving the catalog", err)[:200]))
+
+    async def _do_PersistCounters(self, effect: ev.PersistCounters) -> None:
+        try:
+            await trio.to_thread.run_sync(self.meta.save_counters, effect.blob)
+            self.feed(ev.CountersPersisted(effect.tag, True))
+        except (PeerstoreError, OSError) as err:
+            error = self._store_failed("saving the version counters", err)
+            self.feed(ev.CountersPersisted(effect.tag, False, error[:200]))
 
     async def deliver(self, session: ClientSession, effect: ev.DeliverStripe) -> None:
         """Send one stripe's data to the client (rebuilding it from parity if needed)."""

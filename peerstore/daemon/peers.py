@@ -12,8 +12,8 @@ from typing import Awaitable, Callable
 
 import trio
 
-from peerstore.daemon.transport import Frame, WireStream, dial
 from peerstore.errors import AuthError, CodecError
+from peerstore.wirestream import Frame, WireStream, dial
 
 log = logging.getLogger("peerstore.peers")
 

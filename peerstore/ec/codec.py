@@ -154,28 +154,3 @@ def _exact(original: BytesLike, view: memoryview, length: int) -> bytes:
     if type(original) is bytes and len(original) == length:
         return original
     return bytes(view[:length])
-
-
-def _benchmark(shard_size: int = 4 * 1024 * 1024, k: int = 4, p: int = 2, rounds: int = 5) -> None:
-    """Print encode, decode and hashing throughput for one stripe (best of ``rounds``)."""
-    import timeit
-
-    # blake3's extendable output gives incompressible test bytes without the random module.
-    shards = [blake3.blake3(bytes([i])).digest(length=shard_size) for i in range(k)]
-    parity = encode_parity(shards, p)
-    # Lose as many data shards as parity allows, so decode does the most work.
-    pieces = {i: shards[i] for i in range(p, k)} | {k + j: parity[j] for j in range(p)}
-    lengths = [shard_size] * k
-    assert decode_data(pieces, k, p, lengths) == shards
-    stripe_mb = shard_size * k / 1e6
-    for label, action in (
-        (f"encode k={k} p={p}", lambda: encode_parity(shards, p)),
-        (f"decode k={k} p={p}, {min(p, k)} data shards lost", lambda: decode_data(pieces, k, p, lengths)),
-        ("piece_id (blake3, one thread)", lambda: [piece_id(s) for s in shards]),
-    ):
-        best = min(timeit.repeat(action, number=1, repeat=rounds))
-        print(f"{label:<44} {stripe_mb / best:8.0f} MB/s of data ({shard_size // 1024} KiB shards)")
-
-
-if __name__ == "__main__":
-    _benchmark()

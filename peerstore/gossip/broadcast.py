@@ -51,9 +51,6 @@ class BroadcastQueue(Generic[T]):
             worst = max(self._items, key=lambda k: (self._items[k].transmits, -self._items[k].order))
             del self._items[worst]
 
-    def invalidate(self, key: str) -> None:
-        self._items.pop(key, None)
-
     def keys(self) -> list[str]:
         return list(self._items)
 

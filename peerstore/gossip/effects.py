@@ -67,8 +67,9 @@ class AppState:
 
 @dataclass(frozen=True)
 class NeedSeeds:
-    """This node has seen no other live member for a while: find seeds (mDNS, static
-    config) and pass them to ``Swim.add_seeds``."""
+    """This node has seen no other live member for a while (sent with backoff). The
+    machine already re-contacts every seed it was given and every member it knew; a shell
+    that can discover on demand may pass what it finds to ``Swim.add_seeds``."""
 
 
 Effect = Union[SendDatagram, SendStream, MemberChanged, MemberRemoved, AppMessage, AppState, NeedSeeds]

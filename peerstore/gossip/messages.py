@@ -1,8 +1,10 @@
 """Gossip messages: typed updates and datagrams, their dict form, strict parsing.
 
-The shell msgpack-encodes the dicts produced here and seals them in MACed datagrams or
-stream frames; what it hands back is checked field by field (type, bound, no unknown
-keys) before the protocol machine sees it. Anything else raises :class:`CodecError`.
+Every shell encodes the dicts produced here with :func:`encode_datagram` / :func:`encode`
+(and seals them in MACed datagrams or stream frames), and decodes what arrives with
+:func:`decode_datagram` / :func:`decode`: bounded msgpack, then checked field by field
+(type, bound, no unknown keys) before the protocol machine sees it. Anything else raises
+:class:`CodecError`.
 
 Wire forms (short keys: a datagram has ~1,200 bytes for all of this):
 
@@ -24,6 +26,7 @@ from typing import Any, Union
 import msgpack
 
 from peerstore.errors import CodecError
+from peerstore.wire.datagram import MAX_BODY
 
 from .state import Member, MemberState
 
@@ -104,6 +107,49 @@ Update = Union[Alive, Suspect, Dead, Left, AppUpdate]
 
 def encoded_size(obj: Any) -> int:
     return len(msgpack.packb(obj))
+
+
+# Encoding ------------------------------------------------------------------------------
+# The one codec both shells use (the daemon on its sockets, the simulator on its modelled
+# links), so a message the daemon would refuse never reaches a simulated Swim either.
+
+MAX_DATAGRAM_BODY = MAX_BODY  # what fits a sealed datagram (peerstore.wire.datagram)
+MAX_STREAM_BYTES = 16 * 1024 * 1024
+UNPACK_LIMITS: dict[str, int] = dict(
+    max_str_len=65536, max_bin_len=MAX_APP_STATE_BYTES, max_array_len=8192, max_map_len=4096
+)
+
+
+def encode(message: Any, limit: int = MAX_STREAM_BYTES) -> bytes:
+    """msgpack bytes of ``message``; CodecError if they exceed ``limit``."""
+    data = msgpack.packb(message, use_bin_type=True)
+    if len(data) > limit:
+        raise CodecError(f"gossip message of {len(data)} bytes is over the {limit}-byte limit")
+    return data
+
+
+def decode(data: bytes, limit: int = MAX_STREAM_BYTES) -> Any:
+    """Strict, bounded msgpack decoding of received gossip; CodecError on anything bad."""
+    if len(data) > limit:
+        raise CodecError(f"gossip message of {len(data)} bytes is over the {limit}-byte limit")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, **UNPACK_LIMITS)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        raise CodecError(f"bad gossip message: {err}") from err
+
+
+def encode_datagram(message: Mapping[str, Any]) -> bytes:
+    """The body of a datagram; CodecError if it would not fit one (the sender drops it)."""
+    return encode(message, MAX_DATAGRAM_BODY)
+
+
+def decode_datagram(body: bytes, sender: str) -> dict[str, Any]:
+    """A received datagram body from ``sender`` (the node id its authenticated tag
+    names): the message must be a map that names that same sender."""
+    message = decode(body, MAX_DATAGRAM_BODY)
+    if not isinstance(message, dict) or message.get("f") != sender:
+        raise CodecError("datagram sender does not match its authenticated tag")
+    return message
 
 
 # Datagrams -----------------------------------------------------------------------------

@@ -19,10 +19,19 @@ Updates ride on pings and acks, on gossip to a few random members every
 ``gossip_interval``, and a full state exchange (push-pull) runs every
 ``pushpull_interval`` with one live member and one dead one (which re-merges healed
 partitions).
+
+Re-seeding is decided here too, so every shell re-seeds alike. The machine remembers the
+seed addresses it is given (config ``seeds:`` at ``start``, mDNS finds via ``add_seeds``).
+While it sees no other live member it push-pulls, every ``RESEED_PROBES`` probe intervals,
+with those seeds and every member it ever knew (a cable was out: rejoin in seconds, not a
+push-pull period), and emits ``NeedSeeds`` with backoff. Even when not alone, each
+push-pull period it contacts the remembered seeds that are not live members: two groups
+that restarted apart (an island) would otherwise never meet.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,13 +76,15 @@ class Rng(Protocol):
 MAX_MEMBERS = 1024
 MAX_HELPING = 64  # ping-reqs we are serving at once
 MAX_PENDING_STREAMS = 64
-MAX_SEEDS_PER_CALL = 16
+MAX_SEEDS_PER_CALL = 16  # push-pulls one seeding call starts
+MAX_REMEMBERED_SEEDS = 256  # seed addresses kept for re-seeding (config allows 256 seeds)
 MAX_APP_SEEN = 4096
 LEAVE_FANOUT = 16
 STREAM_FORGET_AFTER = 60.0  # seconds; the shell should time streams out long before
 GOSSIP_TO_THE_DEAD_PROBES = 30  # memberlist LAN: 30 s of gossip to the dead at 1 s probes
 NACK_TIMEOUT_FRACTION = 0.8  # Lifeguard: a helper nacks before the requester gives up
 ISOLATION_PROBES = 5  # probe intervals alone before asking for seeds
+RESEED_PROBES = 2  # while alone, re-contact seeds and known members this often (probe intervals)
 ARRAY_HEADER_SLACK = 2  # msgpack array header grows from 1 to 3 bytes past 15 items
 MIN_MESSAGE_BYTES = 768  # room for the largest member update beside the largest header
 
@@ -182,6 +193,8 @@ class Swim:
         self._isolated_since: float | None = None
         self._need_seeds_at = inf
         self._need_seeds_backoff = 0.0
+        self._reseed_at = inf
+        self._seeds: dict[Addr, None] = {}  # remembered seed addresses, oldest first
         self._now = now
         self.stats: dict[str, int] = dict.fromkeys(STATS_KEYS, 0)
 
@@ -222,6 +235,10 @@ class Swim:
         """Ids of members not (yet) declared dead or left: alive or suspect, us included."""
         return sorted(k for k, v in self._members.items() if not v.state.gone)
 
+    def seeds(self) -> list[Addr]:
+        """The remembered seed addresses (config and discovery), oldest first."""
+        return list(self._seeds)
+
     # Lifecycle -------------------------------------------------------------------------
 
     def start(self, now: float, seeds: Sequence[Addr]) -> list[Effect]:
@@ -240,27 +257,60 @@ class Swim:
         return effects
 
     def add_seeds(self, now: float, addrs: Iterable[Addr]) -> list[Effect]:
-        """Push-pull with addresses found by mDNS or config, unless already in touch."""
+        """Push-pull with addresses found by mDNS or config, unless already in touch.
+
+        The machine remembers them and re-seeds from them by itself (module docstring):
+        a shell only passes on what its config and discovery find."""
         self._now = now
-        effects: list[Effect] = []
-        if not self._started or self._left:
-            return effects
-        known = {v.addr for v in self._members.values() if not v.state.gone}
-        pending = {p.addr for p in self._streams.values() if p.kind == "pp"}
-        seen: list[Addr] = []
-        for raw in addrs:
+        valid: list[Addr] = []
+        for raw in itertools.islice(addrs, MAX_REMEMBERED_SEEDS):
             try:
                 addr = m.check_addr(raw)
             except CodecError:
                 self.stats["dropped_messages"] += 1
                 continue
-            if addr in known or addr in pending or addr in seen:
-                continue
-            seen.append(addr)
-            if len(seen) > MAX_SEEDS_PER_CALL:
-                break
+            valid.append(addr)
+            if addr != self._me.addr:
+                self._seeds.pop(addr, None)
+                self._seeds[addr] = None
+                if len(self._seeds) > MAX_REMEMBERED_SEEDS:
+                    del self._seeds[next(iter(self._seeds))]
+        if not self._started or self._left:
+            return []
+        effects: list[Effect] = []
+        for addr in self._uncontacted(valid)[:MAX_SEEDS_PER_CALL]:
             effects += self._start_push_pull(now, addr, join=True)
         return effects
+
+    def load_members(self, now: float, members: Iterable[Member]) -> None:
+        """Warm start: adopt ``members`` as alive, known since ``now``, with nothing left to
+        gossip about them, as in a cluster that has been up for hours. For simulations and
+        tests that measure a steady cluster without first paying for it to form; call it
+        right after ``start``. Emits no ``MemberChanged``: tell the core yourself.
+
+        A member we know at an equal or higher incarnation is kept; ourselves are skipped.
+        The push-pull timer is spread over the whole (size-scaled) period, not bunched in
+        the first interval as right after a start."""
+        if not self._started or self._left:
+            raise ValueError("load_members: call it after start() and before leave()")
+        for given in members:
+            try:
+                node_id, addr = m.check_node_id(given.node_id), m.check_addr(given.addr)
+                meta = m.parse_meta(given.meta) if given.meta else {}
+            except CodecError as err:
+                raise ValueError(f"load_members: {err}") from None
+            if type(given.incarnation) is not int or not 0 <= given.incarnation <= m.MAX_INT:
+                raise ValueError(f"load_members: bad incarnation {given.incarnation!r} for {node_id}")
+            if node_id == self.node_id or not alive_wins(self._members.get(node_id), given.incarnation):
+                continue
+            if node_id not in self._members and len(self._members) >= MAX_MEMBERS:
+                raise ValueError(f"load_members: more than {MAX_MEMBERS} members")
+            self._members[node_id] = Member(node_id, addr, given.incarnation, MemberState.ALIVE, now, now, meta)
+            self._suspicions.pop(node_id, None)
+        self._probe_order, self._probe_index = [], 0  # the next probe reshuffles them all in
+        self._queue = BroadcastQueue()
+        self._size_cache = None
+        self._push_pull_at = now + self.rng.random() * self._push_pull_period()
 
     def leave(self, now: float) -> list[Effect]:
         """Leave gracefully: announce LEFT at a raised incarnation and stop probing.
@@ -278,7 +328,7 @@ class Swim:
         me.incarnation += 1
         me.state, me.state_since = MemberState.LEFT, now
         self._probe = None
-        self._next_probe_at = self._push_pull_at = self._need_seeds_at = math.inf
+        self._next_probe_at = self._push_pull_at = self._need_seeds_at = self._reseed_at = math.inf
         left = m.Left(self.node_id, me.incarnation)
         self._enqueue(left)
         effects: list[Effect] = [MemberChanged(self.node_id, old, MemberState.LEFT, me.snapshot())]
@@ -443,7 +493,7 @@ class Swim:
         """When ``tick`` must next be called (``math.inf``: only on input)."""
         if not self._started:
             return math.inf
-        times = [self._next_probe_at, self._push_pull_at, self._need_seeds_at]
+        times = [self._next_probe_at, self._push_pull_at, self._need_seeds_at, self._reseed_at]
         probe = self._probe
         if probe:
             times.append(probe.end)
@@ -839,6 +889,27 @@ class Swim:
         dead = [v for v in self._members.values() if v.state is MemberState.DEAD]
         if dead:
             effects += self._start_push_pull(now, self.rng.choice(dead).addr, join=False)
+        # Island check: seeds that are not live members (add_seeds would skip live ones).
+        effects += self._contact_some(now, list(self._seeds))
+        return effects
+
+    def _uncontacted(self, addrs: Iterable[Addr]) -> list[Addr]:
+        """``addrs`` without duplicates, ours, live members' and those a push-pull is
+        already under way with."""
+        skip = {v.addr for v in self._members.values() if not v.state.gone}
+        skip |= {p.addr for p in self._streams.values() if p.kind == "pp"}
+        skip.add(self._me.addr)
+        return [a for a in dict.fromkeys(addrs) if a not in skip]
+
+    def _contact_some(self, now: float, addrs: list[Addr]) -> list[Effect]:
+        """Join push-pulls with up to MAX_SEEDS_PER_CALL of ``addrs``, picked at random
+        when there are more, so successive rounds get round to all of them."""
+        fresh = self._uncontacted(addrs)
+        if len(fresh) > MAX_SEEDS_PER_CALL:
+            fresh = self.rng.sample(fresh, MAX_SEEDS_PER_CALL)
+        effects: list[Effect] = []
+        for addr in fresh:
+            effects += self._start_push_pull(now, addr, join=True)
         return effects
 
     def _start_push_pull(self, now: float, addr: Addr, *, join: bool) -> list[Effect]:
@@ -879,18 +950,25 @@ class Swim:
                 effects.append(MemberRemoved(node_id, member.snapshot()))
 
     def _check_isolation(self, now: float, effects: list[Effect]) -> None:
+        """Alone (no other live member): re-seed briskly, and ask the shell with backoff."""
         if self._left:
             return
         if any(v is not self._me and not v.state.gone for v in self._members.values()):
             self._isolated_since = None
-            self._need_seeds_at = math.inf
+            self._need_seeds_at = self._reseed_at = math.inf
             return
         interval = self.settings.probe_interval
         if self._isolated_since is None:
             self._isolated_since = now
             self._need_seeds_backoff = ISOLATION_PROBES * interval
             self._need_seeds_at = now + self._need_seeds_backoff
-        elif now >= self._need_seeds_at:
+            self._reseed_at = now + RESEED_PROBES * interval
+            return
+        if now >= self._reseed_at:
+            self._reseed_at = now + RESEED_PROBES * interval
+            known = [v.addr for v in self._members.values() if v is not self._me]
+            effects += self._contact_some(now, [*self._seeds, *known])
+        if now >= self._need_seeds_at:
             effects.append(NeedSeeds())
             ceiling = max(self.settings.pushpull_interval, interval)
             self._need_seeds_backoff = min(2 * self._need_seeds_backoff, ceiling)

@@ -33,14 +33,12 @@ from typing import Any
 import msgpack
 
 from peerstore.errors import CodecError
+from peerstore.names import MAX_FILES
 
 DATA_CHUNK = 4 * 1024 * 1024
-MAX_FILES = 100_000
 MAX_TEXT = 4096
 
 REQUESTS = {"put", "data", "get", "ls", "status", "rm"}
-REPLIES = {"progress", "put_done", "failed", "manifest", "entry", "stripe", "get_done",
-           "listing", "status", "removed"}
 
 
 def _text(header: dict[str, Any], key: str, *, optional: bool = False) -> str | None:

@@ -20,7 +20,6 @@ from peerstore.errors import CodecError
 PIECE_ID_LEN = 32
 MAX_BLOB = 64 * 1024 * 1024
 MAX_ERROR_LEN = 500
-MAX_CATALOG_ITEMS = 100_000
 
 
 @dataclass(frozen=True)

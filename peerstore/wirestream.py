@@ -1,18 +1,31 @@
-"""The wire codec over a trio TCP stream: handshake, framed sends, framed receives.
+"""One authenticated connection over a trio TCP stream: handshake, framed sends, receives.
 
-Payloads are sent raw after their header with large writes, and received straight into
-a preallocated buffer with ``recv_into`` (no reassembly copies). A payload's hash is in
-its MACed header; ``receive`` checks it unless the caller says the payload is
-content-addressed and will be verified against its piece id anyway.
+The trio wrapper of :class:`peerstore.wire.Connection` that both TCP ends use: the
+daemon (links to other nodes, and its side of a CLI session) and the client (the CLI's
+side). Payloads are sent raw after their header, big ones by a worker thread straight
+to the socket (``sendfile`` for a whole file). Two ways to receive:
+
+- :meth:`WireStream.receive`: the next frame with its whole payload, read straight into
+  one preallocated buffer (no reassembly copies); the daemon's way;
+- :meth:`WireStream.next_event` and :meth:`WireStream.read_payload`: codec events one by
+  one, a payload handed to a sink chunk by chunk; the client's way, so a get's stripes
+  go to disk without being held whole.
+
+With ``idle`` set, no send or receive waits longer than ``idle`` seconds after the
+last byte moved either way. A dropped connection raises :class:`PeerClosed`, a stall
+past ``idle`` what :meth:`WireStream.silent` returns; a subclass may override both
+(the client turns them into errors a user can act on).
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import secrets
 import select
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +33,8 @@ import blake3
 import trio
 
 from peerstore.errors import AuthError, CodecError
-from peerstore.wire import Connection, HandshakeComplete, Message, PayloadEnd
+from peerstore.wire import Connection, HandshakeComplete, Message, PayloadChunk, PayloadEnd
 from peerstore.wire.frames import ConnectionClosed
-
-log = logging.getLogger("peerstore.transport")
 
 RECEIVE_SIZE = 256 * 1024
 HASH_IN_THREAD = 1024 * 1024  # hash payloads at least this big in a worker thread
@@ -31,36 +42,34 @@ HASH_IN_THREAD = 1024 * 1024  # hash payloads at least this big in a worker thre
 # kernel copy of a send dominates, and it must not stall the trio thread.
 THREAD_IO = 256 * 1024
 IO_TIMEOUT = 60.0
+FAREWELL_TIMEOUT = 1.0  # seconds to hand a peer the reason we are closing on it
 io_threads = trio.CapacityLimiter(16)
+ENDED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
-def _wait(fd: int, event: int, deadline: float, clock: Any) -> None:
+def _wait(fd: int, event: int, deadline: float) -> None:
     poller = select.poll()
     poller.register(fd, event)
-    left = deadline - clock()
+    left = deadline - time.monotonic()
     if left <= 0 or not poller.poll(left * 1000):
         raise TimeoutError("socket stalled")
 
 
 def blocking_send(fd: int, data: Any, timeout: float = IO_TIMEOUT) -> None:
     """Write all of ``data`` to a non-blocking socket fd from a worker thread."""
-    import time
-
     view = memoryview(data).cast("B")
     deadline = time.monotonic() + timeout
     while view:
         try:
             sent = os.write(fd, view)
         except BlockingIOError:
-            _wait(fd, select.POLLOUT, deadline, time.monotonic)
+            _wait(fd, select.POLLOUT, deadline)
             continue
         view = view[sent:]
 
 
 def blocking_sendfile(fd: int, path: str, size: int, timeout: float = IO_TIMEOUT) -> None:
     """Send ``size`` bytes of a file with sendfile (no user-space copy), else read+write."""
-    import time
-
     deadline = time.monotonic() + timeout
     with open(path, "rb") as source:
         if os.fstat(source.fileno()).st_size != size:
@@ -71,7 +80,7 @@ def blocking_sendfile(fd: int, path: str, size: int, timeout: float = IO_TIMEOUT
                 try:
                     sent = os.sendfile(fd, source.fileno(), offset, size - offset)
                 except BlockingIOError:
-                    _wait(fd, select.POLLOUT, deadline, time.monotonic)
+                    _wait(fd, select.POLLOUT, deadline)
                     continue
                 except OSError:
                     break  # e.g. a file system without sendfile support: copy the rest
@@ -85,14 +94,12 @@ def blocking_sendfile(fd: int, path: str, size: int, timeout: float = IO_TIMEOUT
 
 def blocking_receive(fd: int, view: memoryview, timeout: float = IO_TIMEOUT) -> None:
     """Fill ``view`` from a non-blocking socket fd from a worker thread."""
-    import time
-
     deadline = time.monotonic() + timeout
     while view:
         try:
             got = os.readv(fd, [view])
         except BlockingIOError:
-            _wait(fd, select.POLLIN, deadline, time.monotonic)
+            _wait(fd, select.POLLIN, deadline)
             continue
         if got == 0:
             raise EOFError("closed in the middle of a payload")
@@ -100,7 +107,7 @@ def blocking_receive(fd: int, view: memoryview, timeout: float = IO_TIMEOUT) -> 
 
 
 class PeerClosed(Exception):
-    """The other side closed the connection (cleanly or not)."""
+    """The other side closed the connection (cleanly or not), or it stalled."""
 
 
 @dataclass
@@ -111,6 +118,7 @@ class Frame:
 
 
 def tune_socket(stream: trio.SocketStream) -> None:
+    """TCP_NODELAY and 4 MiB socket buffers, for node-to-node bulk transfers."""
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
     for option, size in ((socket.SO_SNDBUF, 4 << 20), (socket.SO_RCVBUF, 4 << 20)):
         try:
@@ -125,40 +133,58 @@ async def hash_payload(data: Any) -> bytes:
     return blake3.blake3(data).digest()
 
 
+def why(err: BaseException) -> str:
+    """An OS error's short reason (its strerror), else the error's text or type."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
 class WireStream:
     """One authenticated connection. Sends are serialised by a lock; one task receives."""
 
-    def __init__(self, stream: trio.SocketStream, *, role: str, cluster_key: bytes, node_id: str):
+    receive_size = RECEIVE_SIZE
+
+    def __init__(self, stream: trio.SocketStream, *, role: str, cluster_key: bytes, node_id: str,
+                 where: str = "the peer", idle: float | None = None):
         self.stream = stream
         self.conn = Connection(role=role, cluster_key=cluster_key, node_id=node_id, nonce=secrets.token_bytes(32))
+        self.where = where
+        self.idle = idle
         self.send_lock = trio.Lock()
         self.peer_id: str | None = None
         self.closed = False
+        self.last_activity = trio.current_time()
+        self._eof = False
+
+    # -- what a dropped or stalled connection raises (a subclass may say it its way)
+
+    def lost(self, why: str) -> Exception:
+        return PeerClosed(why)
+
+    def silent(self) -> Exception:
+        return PeerClosed(f"{self.where} went silent: nothing moved for {self.idle or IO_TIMEOUT:g} s")
+
+    @property
+    def io_timeout(self) -> float:
+        """The bound on one blocking payload transfer in a worker thread."""
+        return self.idle if self.idle is not None else IO_TIMEOUT
+
+    # -- handshake
 
     async def handshake(self, timeout: float) -> str:
-        """Run the handshake; return the peer's node id. AuthError/CodecError on failure."""
+        """Run the handshake; return the peer's node id. AuthError, CodecError,
+        PeerClosed (or ``lost``) or trio.TooSlowError on failure."""
         with trio.fail_after(timeout):
             while True:
-                try:
-                    event = self.conn.next_event()
-                except (AuthError, CodecError):
-                    await self._flush()  # the reject notice, so the peer knows why
-                    raise
-                await self._flush()
+                event = await self.next_event()
                 if isinstance(event, HandshakeComplete):
                     self.peer_id = event.peer_node_id
                     return event.peer_node_id
                 if isinstance(event, ConnectionClosed):
-                    raise PeerClosed("closed during the handshake")
-                self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                    raise self.lost(f"{self.where} closed the connection during the handshake")
 
-    async def _flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out:
-            try:
-                await self.stream.send_all(out)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+    # -- sending
 
     async def send(self, header: dict[str, Any], payload: Any = None, payload_hash: bytes | None = None) -> None:
         """Send one frame; ``payload`` (bytes-like) follows raw. The hash is computed if
@@ -169,9 +195,9 @@ class WireStream:
         async with self.send_lock:
             prefix = self.conn.send_message(header, size, payload_hash if size else None)
             if size < THREAD_IO:
-                await self.stream.send_all(prefix + bytes(payload) if size else prefix)
+                await self._send_all(prefix + bytes(payload) if size else prefix)  # one segment
                 return
-            await self.stream.send_all(prefix)
+            await self._send_all(prefix)
             await self._in_thread(blocking_send, memoryview(payload).cast("B"))
 
     async def send_parts(self, header: dict[str, Any], parts: list[Any]) -> None:
@@ -187,40 +213,58 @@ class WireStream:
 
         payload_hash = await trio.to_thread.run_sync(digest)
         async with self.send_lock:
-            await self.stream.send_all(self.conn.send_message(header, size, payload_hash))
+            await self._send_all(self.conn.send_message(header, size, payload_hash))
             for view in views:
                 if len(view) < THREAD_IO:
-                    await self.stream.send_all(view)
+                    await self._send_all(view)
                 else:
                     await self._in_thread(blocking_send, view)
 
     async def send_file(self, header: dict[str, Any], path: str, size: int, payload_hash: bytes) -> None:
         """Send one frame whose payload is a whole file, with sendfile where possible."""
         async with self.send_lock:
-            await self.stream.send_all(self.conn.send_message(header, size, payload_hash))
+            await self._send_all(self.conn.send_message(header, size, payload_hash))
             await self._in_thread(blocking_sendfile, path, size)
+
+    async def _send_all(self, data: bytes | memoryview) -> None:
+        try:
+            if self.idle is None:
+                await self.stream.send_all(data)
+            else:
+                with trio.fail_after(self.idle):
+                    await self.stream.send_all(data)
+        except trio.TooSlowError:
+            raise self.silent() from None
+        except ENDED as err:
+            raise self.lost(f"the connection to {self.where} dropped: {why(err)}") from None
+        self.last_activity = trio.current_time()
 
     async def _in_thread(self, function: Any, *args: Any) -> None:
         """Run blocking socket I/O in a worker thread. A stall or a failure part-way
         leaves the stream out of step, so the connection is closed."""
         try:
             async with io_threads:
-                await trio.to_thread.run_sync(function, self.stream.socket.fileno(), *args)
+                fd = self.stream.socket.fileno()
+                await trio.to_thread.run_sync(functools.partial(function, fd, *args, timeout=self.io_timeout))
         except (OSError, EOFError, TimeoutError) as err:
             await self.aclose()
-            raise PeerClosed(str(err)) from err
+            if isinstance(err, TimeoutError):
+                raise self.silent() from err
+            raise self.lost(f"the connection to {self.where} dropped: {why(err)}") from err
+        self.last_activity = trio.current_time()
+
+    # -- receiving whole frames
 
     async def receive(self, *, verify: bool = True, alloc: Any = bytearray) -> Frame:
         """The next frame with its whole payload (in a buffer from ``alloc(size)``).
-        Raises PeerClosed at EOF."""
+        Raises PeerClosed (or ``lost``) at EOF."""
         while True:
             event = self.conn.next_event()
             if event is None:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-                self.conn.receive_data(data)
+                self.conn.receive_data(await self._receive_some())
                 continue
             if isinstance(event, ConnectionClosed):
-                raise PeerClosed("connection closed")
+                raise self.lost("connection closed")
             if isinstance(event, Message):
                 payload = None
                 if event.payload_len:
@@ -245,11 +289,10 @@ class WireStream:
         if direct >= THREAD_IO:
             await self._in_thread(blocking_receive, view[got:])
         else:
-            sock = self.stream.socket
             while got < size:
-                n = await sock.recv_into(view[got:], size - got)
+                n = await self._receive_into(view[got:], size - got)
                 if n == 0:
-                    raise PeerClosed("closed in the middle of a payload")
+                    raise self.lost("closed in the middle of a payload")
                 got += n
         if direct:
             self.conn.payload_received_externally(direct)
@@ -258,18 +301,95 @@ class WireStream:
             raise CodecError("payload framing out of step")
         return buffer
 
+    # -- receiving event by event
+
+    async def next_event(self) -> Any:
+        """The next codec event (handshake replies are sent on the way)."""
+        while True:
+            try:
+                event = self.conn.next_event()
+            except AuthError:
+                await self._flush_farewell()  # a REJECT, so the peer hears why
+                raise
+            except CodecError as err:
+                await self._flush_farewell()
+                if self._eof:
+                    raise self.lost(f"the connection to {self.where} dropped: {err}") from None
+                raise CodecError(f"{self.where} broke the protocol: {err}") from None
+            out = self.conn.data_to_send()
+            if out:
+                await self._send_all(out)
+            if event is not None:
+                return event
+            self.conn.receive_data(await self._receive_some())
+
+    async def read_payload(self, message: Message, sink: Callable[[memoryview], None]) -> None:
+        """Hand the payload after ``message`` to ``sink`` and check it against its hash."""
+        hasher = blake3.blake3()
+        while True:
+            event = await self.next_event()
+            if isinstance(event, PayloadChunk):
+                hasher.update(event.data)
+                sink(event.data)
+            elif isinstance(event, PayloadEnd):
+                break
+        if hasher.digest() != message.payload_hash:
+            raise CodecError(
+                f"the {message.header.get('t')} payload from {self.where} does not match its hash: "
+                "corrupted in transit; retry"
+            )
+
+    # -- the socket, bounded by ``idle``
+
+    async def _receive_some(self) -> bytes:
+        data = await self._bounded(self.stream.receive_some, self.receive_size)
+        if not data:
+            self._eof = True
+        return data
+
+    async def _receive_into(self, view: memoryview, n: int) -> int:
+        return await self._bounded(self.stream.socket.recv_into, view, n)
+
+    async def _bounded(self, receive: Any, *args: Any) -> Any:
+        """``await receive(*args)``, failing with ``silent`` once nothing moved for ``idle``."""
+        try:
+            if self.idle is None:
+                result = await receive(*args)
+            else:
+                while True:
+                    with trio.move_on_at(self.last_activity + self.idle):
+                        result = await receive(*args)
+                        break
+                    if trio.current_time() >= self.last_activity + self.idle:
+                        raise self.silent()
+        except ENDED as err:
+            raise self.lost(f"the connection to {self.where} dropped: {why(err)}") from None
+        self.last_activity = trio.current_time()
+        return result
+
+    async def _flush_farewell(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            with trio.move_on_after(FAREWELL_TIMEOUT):
+                try:
+                    await self.stream.send_all(out)
+                except ENDED:
+                    pass
+
     async def aclose(self) -> None:
         self.closed = True
-        with trio.move_on_after(1):
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
             await self.stream.aclose()
 
 
 async def dial(host: str, port: int, *, cluster_key: bytes, node_id: str, timeout: float) -> WireStream:
-    """Connect and authenticate. OSError, trio.TooSlowError, AuthError, CodecError on failure."""
+    """Connect to a node and authenticate. OSError, trio.TooSlowError, AuthError,
+    CodecError or PeerClosed on failure."""
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(host, port)
     tune_socket(stream)
-    wire = WireStream(stream, role="client", cluster_key=cluster_key, node_id=node_id)
+    wire = WireStream(stream, role="client", cluster_key=cluster_key, node_id=node_id, where=f"{host}:{port}")
     try:
         await wire.handshake(timeout)
     except BaseException:

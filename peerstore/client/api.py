@@ -1,0 +1,389 @@
+"""The client API: one request per connection to one node (see
+:mod:`peerstore.wire.client_protocol` for the conversation shapes).
+
+:class:`NodeClient` puts (streaming the files, or naming them to a node on this
+machine), gets (through a :class:`~peerstore.client.writer.CheckpointWriter`), lists,
+removes and asks for status. Every wait on the network is bounded by the connection
+(:mod:`peerstore.client.connection`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import blake3
+import trio
+
+from peerstore.client.connection import DEFAULT_TIMEOUT, NodeWire, is_loopback, open_wire, where_of
+from peerstore.client.sources import Source, read_chunk, scan_source
+from peerstore.client.writer import CheckpointWriter, check_output
+from peerstore.errors import (
+    CodecError,
+    ConnectionLost,
+    FormatError,
+    NodeUnreachable,
+    NotFoundError,
+    OutcomeUnknownError,
+    PeerstoreError,
+    UsageError,
+)
+from peerstore.manifest import MAX_MANIFEST_BYTES, Catalog, CatalogEntry, CatalogNotFound, Manifest
+from peerstore.names import VersionId, parse_spec, parse_version_selector, validate_name, validate_paths
+from peerstore.progress import Progress
+from peerstore.wire import client_protocol as cp
+from peerstore.wire import ConnectionClosed, Message
+from peerstore.wire.client_protocol import DATA_CHUNK, put_request
+from peerstore.wire.frames import encode_header
+
+
+def _not_found(header: dict) -> bool | None:
+    value = header.get("not_found")
+    return value if isinstance(value, bool) else None
+
+
+def entry_from_dict(d: dict) -> CatalogEntry:
+    """The inverse of client_protocol.entry_dict; FormatError for a malformed listing."""
+    try:
+        manifest_id = d["manifest_id"]
+        return CatalogEntry(
+            name=d["name"], version=VersionId.parse(d["version_id"]),
+            manifest_id=bytes.fromhex(manifest_id) if isinstance(manifest_id, str) else bytes(manifest_id),
+            size=int(d["size"]), files=int(d["files"]), tolerance=int(d["tolerance"]),
+            created=float(d.get("created", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError, PeerstoreError) as err:
+        raise FormatError(f"malformed listing entry from the node: {err}") from None
+
+
+class NodeClient:
+    """A client of one node. Each operation opens its own connection (or takes the one
+    :meth:`connect` opened) and closes it when done."""
+
+    def __init__(self, host: str, port: int, cluster_key: bytes, timeout: float = DEFAULT_TIMEOUT,
+                 *, config_source: str | None = None):
+        self.host, self.port = host, port
+        self.cluster_key = cluster_key
+        self.timeout = timeout
+        self.config_source = config_source
+        self._wire: NodeWire | None = None
+
+    @property
+    def where(self) -> str:
+        return where_of(self.host, self.port)
+
+    async def connect(self) -> NodeClient:
+        """Open and authenticate a connection now (operations otherwise do it lazily)."""
+        if self._wire is None:
+            self._wire = await open_wire(self.host, self.port, self.cluster_key, self.timeout, self.config_source)
+        return self
+
+    async def aclose(self) -> None:
+        if self._wire is not None:
+            await self._wire.aclose()
+            self._wire = None
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _take_wire(self) -> NodeWire:
+        await self.connect()
+        wire, self._wire = self._wire, None
+        assert wire is not None
+        return wire
+
+    # -- put
+
+    async def put(self, path: Path, name: str, progress: Progress | None = None, *, stream: bool = False) -> dict:
+        """Store the file or directory at ``path`` as ``name``; the node's put_done fields,
+        plus "streamed" and "seconds". Sends ``local_root`` to a loopback node unless
+        ``stream``; otherwise streams the bytes."""
+        validate_name(name)
+        source = scan_source(Path(path))
+        validate_paths([f.path for f in source.files])
+        local = not stream and is_loopback(self.host)
+        request = put_request(name, [(f.path, f.size, f.mode) for f in source.files], source.is_dir,
+                              str(source.root) if local else None)
+        try:
+            encode_header(request)
+        except ValueError as err:
+            raise UsageError(f"{path}: {len(source.files)} files do not fit in one put request ({err}); "
+                             "store its subdirectories as separate checkpoints") from None
+        progress = progress or Progress(enabled=False)
+        progress.start(source.total_size, f"put {name}")
+        wire = await self._take_wire()
+        started = trio.current_time()
+        try:
+            await wire.send(request)
+            header = await self._put_conversation(wire, source, name, progress, send_data=not local)
+        finally:
+            progress.finish()
+            await wire.aclose()
+        return {**header, "streamed": not local, "seconds": trio.current_time() - started}
+
+    async def _put_conversation(self, wire: NodeWire, source: Source, name: str, progress: Progress,
+                                send_data: bool) -> dict:
+        sent_all = not send_data
+        outcome: dict[str, Any] = {}
+
+        async def sender(cancel: trio.CancelScope) -> None:
+            nonlocal sent_all
+            try:
+                await self._stream_files(wire, source)
+                sent_all = True
+            except ConnectionLost:
+                pass  # the receiver learns why (a "failed" frame or the close) and reports it
+            except PeerstoreError as err:
+                outcome["error"] = err
+                cancel.cancel()
+
+        async def receiver(cancel: trio.CancelScope) -> None:
+            try:
+                outcome["header"] = await self._put_replies(wire, progress)
+            except PeerstoreError as err:
+                outcome["error"] = err
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            if send_data:
+                nursery.start_soon(sender, nursery.cancel_scope)
+            nursery.start_soon(receiver, nursery.cancel_scope)
+
+        err = outcome.get("error")
+        if err is None:
+            return outcome["header"]
+        if isinstance(err, (NodeUnreachable, CodecError)):
+            if sent_all:
+                raise OutcomeUnknownError(
+                    f"the connection to {wire.where} dropped before the put finished ({err}); it may or may "
+                    f"not have committed: run 'peerstore ls {name}' to check"
+                ) from None
+            raise PeerstoreError(f"{err}; the put did not complete (the node never had all the data), retry it") from None
+        raise err
+
+    async def _put_replies(self, wire: NodeWire, progress: Progress) -> dict:
+        while True:
+            event = await wire.next_event()
+            if isinstance(event, ConnectionClosed):
+                raise ConnectionLost(f"{wire.where} closed the connection")
+            if not isinstance(event, Message):
+                continue
+            header = event.header
+            kind = header.get("t")
+            if event.payload_len:
+                await wire.read_payload(event, lambda view: None)
+            if kind == "progress":
+                done = header.get("done")
+                if type(done) is int:
+                    progress.update(done)
+            elif kind == "put_done":
+                return _strip(header)
+            elif kind == "failed":
+                reason = str(header.get("reason", "no reason given"))
+                if header.get("unknown") is True:
+                    raise OutcomeUnknownError(f"{reason}; run 'peerstore ls' to check whether it committed")
+                raise PeerstoreError(f"the put failed: {reason}")
+            else:
+                raise CodecError(f"{wire.where} answered a put with an unexpected {kind!r} frame")
+
+    async def _stream_files(self, wire: NodeWire, source: Source) -> None:
+        buffer = bytearray(min(DATA_CHUNK, max((f.size for f in source.files), default=0)) or 1)
+        for index, f in enumerate(source.files):
+            try:
+                handle = open(f.local, "rb")  # noqa: SIM115 - closed below, across awaits
+            except OSError as err:
+                raise PeerstoreError(f"cannot read {f.local}: {err.strerror or err}") from None
+            with handle:
+                offset = 0
+                while offset < f.size:
+                    want = min(len(buffer), f.size - offset)
+                    try:
+                        view, digest = await trio.to_thread.run_sync(read_chunk, handle, buffer, want)
+                    except OSError as err:
+                        raise PeerstoreError(f"cannot read {f.local}: {err.strerror or err}") from None
+                    if len(view) < want:
+                        break
+                    await wire.send({"t": "data", "file": index, "offset": offset}, view, digest)
+                    offset += want
+                if offset != f.size or handle.read(1):
+                    raise PeerstoreError(
+                        f"{f.local} changed size while it was being stored (expected {f.size} bytes); "
+                        "store it again once it is completely written"
+                    )
+
+    # -- get
+
+    async def get(self, spec: str, out: Path, force: bool = False, progress: Progress | None = None,
+                  *, into_dir: bool = False) -> dict:
+        """Fetch ``spec`` into ``out`` (see :func:`output_target`); the node's get_done
+        fields plus "path", "files", "bytes" and "seconds"."""
+        name, selector = parse_spec(spec)
+        out = Path(out)
+        check_output(out, force, into_dir)
+        progress = progress or Progress(enabled=False)
+        wire = await self._take_wire()
+        started = trio.current_time()
+        writer: CheckpointWriter | None = None
+        manifest_bytes: bytearray | None = None
+        try:
+            await wire.send({"t": "get", "spec": spec})
+            while True:
+                event = await wire.next_event()
+                if isinstance(event, ConnectionClosed):
+                    raise ConnectionLost(f"{wire.where} closed the connection before the get finished")
+                if not isinstance(event, Message):
+                    continue
+                header, kind = event.header, event.header.get("t")
+                if kind == "manifest":
+                    if manifest_bytes is not None or event.payload_len > MAX_MANIFEST_BYTES:
+                        raise CodecError(f"{wire.where} sent a second or oversized manifest")
+                    manifest_bytes = bytearray()
+                    await wire.read_payload(event, manifest_bytes.extend)
+                elif kind == "entry":
+                    if manifest_bytes is None or writer is not None:
+                        raise CodecError(f"{wire.where} sent the entry before the manifest, or twice")
+                    manifest = _check_manifest(bytes(manifest_bytes), header, name, selector)
+                    writer = CheckpointWriter(manifest, out, force, into_dir)
+                    writer.open()
+                    progress.start(manifest.total_size(), f"get {spec}")
+                elif kind == "stripe":
+                    if writer is None:
+                        raise CodecError(f"{wire.where} sent a stripe before the manifest and entry")
+                    file_index, offset = header.get("file"), header.get("offset")
+                    if type(file_index) is not int or type(offset) is not int:
+                        raise CodecError(f"{wire.where} sent a stripe without a file index and offset")
+                    writer.begin_stripe(file_index, offset, event.payload_len)
+                    w = writer
+
+                    def sink(view: memoryview) -> None:
+                        w.write(view)
+                        progress.update(w.bytes_written)
+
+                    await wire.read_payload(event, sink)
+                    writer.end_stripe()
+                elif kind == "get_done":
+                    if writer is None:
+                        raise CodecError(f"{wire.where} finished a get without sending the checkpoint")
+                    target = writer.commit()
+                    return {**_strip(header), "path": str(target), "files": len(writer.manifest.files),
+                            "bytes": writer.total_size, "seconds": trio.current_time() - started}
+                elif kind == "failed":
+                    reason = str(header.get("reason", "no reason given"))
+                    if writer is None and await self._missing(spec, header):
+                        raise NotFoundError(reason)
+                    raise PeerstoreError(f"the get failed: {reason}")
+                elif kind == "progress":
+                    if event.payload_len:
+                        await wire.read_payload(event, lambda view: None)
+                else:
+                    raise CodecError(f"{wire.where} answered a get with an unexpected {kind!r} frame")
+        finally:
+            progress.finish()
+            if writer is not None:
+                writer.abort()
+            await wire.aclose()
+
+    async def _missing(self, spec: str, failed: dict) -> bool:
+        """Did this failure mean "no such checkpoint"? The node may say so itself
+        (``not_found``); otherwise ask for a listing and resolve the spec against it."""
+        said = _not_found(failed)
+        if said is not None:
+            return said
+        try:
+            entries = await self.ls(parse_spec(spec)[0])
+            Catalog([entry_from_dict(e) for e in entries]).resolve(spec)
+        except CatalogNotFound:
+            return True
+        except PeerstoreError:
+            return False
+        return False
+
+    # -- small requests
+
+    async def _ask(self, request: dict, answers: set[str]) -> dict:
+        wire = await self._take_wire()
+        try:
+            await wire.send(request)
+            while True:
+                event = await wire.next_event()
+                if isinstance(event, ConnectionClosed):
+                    raise ConnectionLost(f"{wire.where} closed the connection without answering")
+                if not isinstance(event, Message):
+                    continue
+                body = bytearray()
+                if event.payload_len:
+                    if event.payload_len > cp.MAX_BODY:
+                        raise CodecError(f"{wire.where} sent a {event.payload_len}-byte reply body")
+                    await wire.read_payload(event, body.extend)
+                kind = event.header.get("t")
+                if kind in answers or kind == "failed":
+                    return {**event.header, **cp.decode_body(bytes(body))} if body else event.header
+                if kind != "progress":
+                    raise CodecError(f"{wire.where} answered {request['t']} with an unexpected {kind!r} frame")
+        finally:
+            await wire.aclose()
+
+    async def ls(self, name: str | None = None) -> list[dict]:
+        """Live versions (of ``name``, or of everything), as entry dicts."""
+        request: dict[str, Any] = {"t": "ls"}
+        if name is not None:
+            request["name"] = validate_name(name)
+        header = await self._ask(request, {"listing"})
+        if header["t"] == "failed":
+            raise PeerstoreError(f"ls failed: {header.get('reason', 'no reason given')}")
+        entries = header.get("entries")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise CodecError(f"{self.where} sent a malformed listing")
+        return entries
+
+    async def status(self) -> dict:
+        """The node's view: node_id, members, checkpoints (with tolerance now)."""
+        header = await self._ask({"t": "status"}, {"status"})
+        if header["t"] == "failed":
+            raise PeerstoreError(f"status failed: {header.get('reason', 'no reason given')}")
+        return _strip(header)
+
+    async def rm(self, spec: str) -> dict:
+        """Remove ``NAME`` (every version this node has seen) or ``NAME@V``; {"versions": [...]}."""
+        parse_spec(spec)
+        header = await self._ask({"t": "rm", "spec": spec}, {"removed"})
+        if header["t"] == "failed":
+            reason = str(header.get("reason", "no reason given"))
+            if await self._missing(spec, header):
+                raise NotFoundError(reason)
+            raise PeerstoreError(f"rm failed: {reason}")
+        return _strip(header)
+
+
+def _strip(header: dict) -> dict:
+    return {k: v for k, v in header.items() if k != "t"}
+
+
+def _check_manifest(data: bytes, entry: dict, name: str, selector: str | None) -> Manifest:
+    """Decode the manifest and check it is the one the entry names and the spec asked for."""
+    manifest_id = entry.get("manifest_id")
+    if isinstance(manifest_id, str):
+        try:
+            manifest_id = bytes.fromhex(manifest_id)
+        except ValueError:
+            manifest_id = None
+    if not isinstance(manifest_id, bytes) or blake3.blake3(data).digest() != manifest_id:
+        raise CodecError("the manifest the node sent does not match its catalog entry's manifest id; "
+                         "nothing was written (a node may hold a corrupt manifest)")
+    manifest = Manifest.decode(data)
+    if manifest.name != name or entry.get("name") not in (None, name):
+        raise CodecError(f"asked for {name} but the node sent the manifest of {manifest.name}")
+    if selector is not None:
+        counter, prefix = parse_version_selector(selector)
+        if manifest.version.counter != counter or not manifest.version.node.startswith(prefix):
+            raise CodecError(f"asked for {name}@{selector} but the node sent version {manifest.version}")
+    return manifest
+
+
+async def connect(host: str, port: int, cluster_key: bytes, timeout: float = DEFAULT_TIMEOUT,
+                  *, config_source: str | None = None) -> NodeClient:
+    """A NodeClient with its first connection open and authenticated."""
+    return await NodeClient(host, port, cluster_key, timeout, config_source=config_source).connect()
