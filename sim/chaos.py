@@ -5,6 +5,7 @@
     python -m sim.chaos --seeds 500                       # every scenario, seeds 0..499
     python -m sim.chaos --scenario random --seeds 200 --first-seed 1000
     python -m sim.chaos --check-determinism --seeds 20    # each run twice, same trace?
+    python -m sim.chaos --scenario big-random --seed 3 --nodes 20 --scale 4   # bigger runs
 
 One run prints a short summary (operations, faults, invariant results, virtual and wall
 time); any failure prints the exact command that reproduces it. Exit status 1 if any
@@ -23,8 +24,9 @@ from sim.scenarios import MIN_NODES, SCENARIOS, Result, run
 
 def summary(result: Result, *, verbose: bool = False) -> str:
     speed = result.virtual_time / result.wall_time if result.wall_time > 0 else float("inf")
+    scale = f", scale {result.scale:g}" if result.scale != 1.0 else ""
     lines = [
-        f"scenario     {result.name}  (seed {result.seed}, {result.nodes} nodes)",
+        f"scenario     {result.name}  (seed {result.seed}, {result.nodes} nodes{scale})",
         f"operations   {result.operations}",
         f"faults       {result.faults}",
     ]
@@ -46,13 +48,14 @@ def summary(result: Result, *, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def sweep(names: Iterable[str], seeds: range, nodes: int | None, out=None, mdns: bool = True) -> int:
+def sweep(names: Iterable[str], seeds: range, nodes: int | None, out=None, mdns: bool = True,
+          scale: float = 1.0) -> int:
     out = out or sys.stdout
     failures = 0
     for name in names:
         started, bad, noted, virtual = time.monotonic(), 0, 0, 0.0
         for seed in seeds:
-            result = run(name, seed, nodes=nodes, mdns=mdns)
+            result = run(name, seed, nodes=nodes, mdns=mdns, scale=scale)
             virtual += result.virtual_time
             noted += bool(result.notes)
             if not result.ok:
@@ -65,13 +68,14 @@ def sweep(names: Iterable[str], seeds: range, nodes: int | None, out=None, mdns:
     return failures
 
 
-def check_determinism(names: Iterable[str], seeds: range, nodes: int | None, out=None, mdns: bool = True) -> int:
+def check_determinism(names: Iterable[str], seeds: range, nodes: int | None, out=None, mdns: bool = True,
+                      scale: float = 1.0) -> int:
     """Run each (scenario, seed) twice; the trace digests and results must match."""
     out = out or sys.stdout
     mismatches = 0
     for name in names:
         for seed in seeds:
-            first, second = run(name, seed, nodes=nodes, mdns=mdns), run(name, seed, nodes=nodes, mdns=mdns)
+            first, second = (run(name, seed, nodes=nodes, mdns=mdns, scale=scale) for _ in range(2))
             same = (first.digest, first.violations, first.operations) == (
                 second.digest, second.violations, second.operations)
             if not same:
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, help="cluster size (default: the scenario's)")
     parser.add_argument("--check-determinism", action="store_true",
                         help="run every seed twice and compare the trace digests")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply checkpoint sizes (and big-random's length) by this (default 1)")
     parser.add_argument("--no-mdns", action="store_true", help="static seeds only: no multicast discovery")
     parser.add_argument("--verbose", action="store_true", help="show every fault of a single run")
     args = parser.parse_args(argv)
@@ -111,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario {', '.join(unknown)}; --list shows them")
     if args.nodes is not None and not MIN_NODES <= args.nodes <= 64:
         parser.error(f"--nodes must be between {MIN_NODES} and 64 for data scenarios")
+    if not 0 < args.scale <= 100:
+        parser.error("--scale must be above 0 and at most 100")
     if args.seed is not None and args.seeds is not None:
         parser.error("give either --seed (one run) or --seeds (a sweep), not both")
     names = args.scenario or sorted(SCENARIOS)
@@ -124,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --seed S for one run, --seeds N for a sweep, or --list")
 
     if args.check_determinism:
-        return 1 if check_determinism(names, seeds, args.nodes, mdns=not args.no_mdns) else 0
+        return 1 if check_determinism(names, seeds, args.nodes, mdns=not args.no_mdns, scale=args.scale) else 0
     if args.seed is not None and len(names) == 1:
-        result = run(names[0], args.seed, nodes=args.nodes, mdns=not args.no_mdns)
+        result = run(names[0], args.seed, nodes=args.nodes, mdns=not args.no_mdns, scale=args.scale)
         print(summary(result, verbose=args.verbose))
         return 0 if result.ok else 1
-    return 1 if sweep(names, seeds, args.nodes, mdns=not args.no_mdns) else 0
+    return 1 if sweep(names, seeds, args.nodes, mdns=not args.no_mdns, scale=args.scale) else 0
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import msgpack
-
-from peerstore import placement
 from peerstore.config import GossipSettings
 from peerstore.core import events as ev
 from peerstore.core.membership import CoreMembership, boot_incarnation
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
+from peerstore.errors import CodecError, FormatError, PeerstoreError
+from peerstore.gossip import messages as gm
 from peerstore.gossip import (
     MemberChanged,
     MemberState,
@@ -34,11 +33,13 @@ from peerstore.gossip import (
     SendStream,
     Swim,
 )
-from peerstore.manifest import Catalog, Manifest
+from peerstore.core.snapshots import restore_catalog, restore_counters
+from peerstore.manifest import Manifest
 from peerstore.policy import Policy
 from peerstore.wire import messages as msg
 from sim.content import Content, FileModel, model_id, parity_content
-from sim.disk import MANIFEST_OVERHEAD, SSD, DiskModel, SimDisk
+from sim.disk import FSYNC_EIO, MANIFEST_OVERHEAD, SSD, DiskModel, SimDisk
+from sim.ledger import Ledger
 from sim.loop import EventLoop, Seeds
 from sim.network import NIC_1GBE, Clog, LinkModel, Network
 from sim.node import UDP_BACKLOG, SimNode
@@ -65,6 +66,9 @@ class ClientRecord:
     disconnected: bool = False
     started: float = 0.0
     finished: float | None = None
+    client: int = 0
+    seen: frozenset[Any] = frozenset()  # gets: versions of the name its node knew when it started
+    entry: Any = None  # gets: the catalog entry the node resolved
 
     @property
     def done(self) -> bool:
@@ -131,6 +135,8 @@ class Cluster:
         self._violation_keys: set[str] = set()
         self.faults: list[tuple[float, str]] = []
         self.corrupted: set[tuple[str, bytes]] = set()
+        self.ledger = Ledger(self)  # what clients were told and what faults excuse: see sim.ledger
+        self.retired: set[str] = set()  # ids whose disk was lost for good (the machine got a new id)
         self.member_observers: list[Callable[[float, str, MemberChanged], None]] = []
         self.stats: Counter[str] = Counter()
         self.next_handle = 0
@@ -174,13 +180,18 @@ class Cluster:
         node.disk.boot_epoch += 1  # durable before the node announces itself
         now = self.loop.now
         if self.with_cores:
-            catalog = Catalog.decode(node.disk.catalog) if node.disk.catalog else Catalog()
+            catalog, problem = restore_catalog(node.disk.catalog)
+            if problem:  # as the daemon: the rotten file is moved aside, peers fill the catalog in
+                node.disk.catalog = None
+                self._fault(f"{node.node_id[:4]} boots with an empty catalog: {problem}")
+            counters = restore_counters(node.disk.counters)
             alive = frozenset({node.node_id})
             if self.membership == "static":
                 alive = frozenset(i for i in self.ids if self.nodes[i].running)
             node.core = self.core_class(
                 node.node_id, self.settings, self.seeds.rng("core", node.node_id, node.boot),
-                catalog=catalog, inventory=frozenset(node.disk.durable), alive=alive,
+                catalog=catalog, inventory=frozenset(node.disk.durable), alive=alive, counters=counters,
+                boot_epoch=node.disk.boot_epoch,
             )
         if self.membership == "swim":
             incarnation = self.incarnation(node.disk.boot_epoch)
@@ -333,7 +344,10 @@ class Cluster:
                 for observer in self.member_observers:
                     observer(now, node.node_id, effect)
             elif kind is NeedSeeds:
-                self._swim_effects(node, swim.add_seeds(now, self._mdns_seeds(node)))
+                # As in the daemon: Swim re-contacts its remembered seeds and known members
+                # itself; discoveries reach it only through _announce_mdns.
+                self.stats["need_seeds"] += 1
+                self.loop.trace(f"{node.node_id[:4]} alone: re-seeding from {len(swim.seeds())} address(es)")
         if node.core is not None and node.glue is not None and effects:
             core_effects = node.glue.on_swim_effects(now, node.core, swim, effects)
             if core_effects:
@@ -362,24 +376,27 @@ class Cluster:
         assert node.swim is not None
         self._swim_effects(node, node.swim.add_seeds(self.loop.now, addrs))
 
-    def _mdns_seeds(self, node: SimNode) -> list[Addr]:
-        """What an mDNS browse finds: running nodes on our side of any partition."""
-        found = [n.addr for n in self.nodes.values()
-                 if n is not node and n.running and self.net.reachable(node.node_id, n.node_id)
-                 and self.net.reachable(n.node_id, node.node_id)]
-        return found[:8]
+    def _gossip_dropped(self, why: str) -> None:
+        self.stats[f"gossip_dropped_{why}"] += 1
 
     def _send_datagram(self, node: SimNode, effect: SendDatagram) -> None:
+        """With ``wire_roundtrip`` the datagram travels as the daemon's bytes: encoded
+        with its size limit (too big: dropped by the sender) and decoded on arrival."""
+        message: Any = effect.message
+        if self.wire_roundtrip:
+            try:
+                message = gm.encode_datagram(message)
+            except CodecError:
+                self._gossip_dropped("send")
+                return
         dst = self.addr_owner.get(effect.addr)
         if dst is None:
             self.stats["datagrams_to_nowhere"] += 1
             return
-        message = effect.message
-        if self.wire_roundtrip:
-            message = msgpack.unpackb(msgpack.packb(message))
-        self.net.send_datagram(node.node_id, dst, self._datagram_lands, dst, effect.addr, node.addr, message)
+        self.net.send_datagram(node.node_id, dst, self._datagram_lands, dst, effect.addr, node.addr,
+                               node.node_id, message)
 
-    def _datagram_lands(self, dst_id: str, addr: Addr, from_addr: Addr, message: Any) -> None:
+    def _datagram_lands(self, dst_id: str, addr: Addr, from_addr: Addr, sender: str, message: Any) -> None:
         node = self.nodes[dst_id]
         if node.addr != addr or not node.running:
             return
@@ -388,24 +405,36 @@ class Cluster:
                 self.stats["datagrams_overflowed"] += 1
                 return
             node.backlog_datagrams += 1
-        self._input(node, node.boot, self._on_datagram, from_addr, message)
+        self._input(node, node.boot, self._on_datagram, from_addr, sender, message)
 
-    def _on_datagram(self, node: SimNode, from_addr: Addr, message: Any) -> None:
+    def _on_datagram(self, node: SimNode, from_addr: Addr, sender: str, message: Any) -> None:
+        """``sender`` is the node id the daemon's MAC tag would authenticate."""
         assert node.swim is not None
+        if isinstance(message, bytes):
+            try:
+                message = gm.decode_datagram(message, sender)
+            except CodecError as err:
+                self._gossip_dropped(type(err).__name__)
+                return
         self._swim_effects(node, node.swim.on_datagram(self.loop.now, from_addr, message))
 
     def _send_gossip_stream(self, node: SimNode, effect: SendStream) -> None:
-        data = msgpack.packb(effect.message)
-        size = len(data) + HEADER_BYTES
-        node.gossip_stream_bytes += size
         rid, boot = effect.request_id, node.boot
         self.loop.at(self.loop.now + self.gossip_stream_timeout, self._gossip_stream_failed, node, boot, rid)
+        try:
+            data = gm.encode(effect.message)
+        except CodecError:
+            self._gossip_dropped("send")
+            self.loop.after(0.0, self._gossip_stream_failed, node, boot, rid)
+            return
+        size = len(data) + HEADER_BYTES
+        node.gossip_stream_bytes += size
         dst = self.addr_owner.get(effect.addr)
         if dst is None:
             return  # nobody has that address: the connect times out
         gen = self.net.send_stream(
             node.node_id, dst, size, self._gossip_stream_lands, dst, effect.addr, node.node_id, boot,
-            node.addr, rid, msgpack.unpackb(data) if self.wire_roundtrip else effect.message,
+            node.addr, rid, data if self.wire_roundtrip else effect.message,
             on_fail=lambda why: self._gossip_stream_failed(node, boot, rid),
         )
         if gen:
@@ -420,15 +449,34 @@ class Cluster:
     def _serve_gossip_stream(self, node: SimNode, src_id: str, src_boot: int, src_addr: Addr,
                              rid: int, message: Any) -> None:
         assert node.swim is not None
+        src = self.nodes[src_id]
+        try:
+            if isinstance(message, bytes):
+                message = gm.decode(message)
+        except CodecError as err:
+            # The daemon drops the connection: the requester hears of it at once.
+            self._gossip_dropped(type(err).__name__)
+            self._gossip_stream_failed(src, src_boot, rid)
+            return
         reply, effects = node.swim.on_stream_request(self.loop.now, src_addr, message)
         self._swim_effects(node, effects)
-        data = msgpack.packb(reply)
+        try:
+            data = gm.encode(reply)
+        except CodecError as err:
+            self._gossip_dropped(type(err).__name__)
+            self._gossip_stream_failed(src, src_boot, rid)
+            return
         node.gossip_stream_bytes += len(data) + HEADER_BYTES
-        src = self.nodes[src_id]
         self.net.send_stream(node.node_id, src_id, len(data) + HEADER_BYTES, self._input, src, src_boot,
-                             self._gossip_reply, rid, msgpack.unpackb(data) if self.wire_roundtrip else reply)
+                             self._gossip_reply, rid, data if self.wire_roundtrip else reply)
 
     def _gossip_reply(self, node: SimNode, rid: int, reply: Any) -> None:
+        if isinstance(reply, bytes):
+            try:
+                reply = gm.decode(reply)
+            except CodecError as err:
+                self._gossip_dropped(type(err).__name__)
+                reply = None  # as the daemon: a reply it cannot read is no reply
         if node.gossip_streams.pop(rid, None) is not None and node.swim is not None:
             self._swim_effects(node, node.swim.on_stream_reply(self.loop.now, rid, reply))
 
@@ -542,7 +590,7 @@ class Cluster:
             self.loop.at(hashed, self.feed, node.node_id,
                          ev.PieceStoredLocally(effect.tag, effect.piece_id, False, "hash mismatch"), node.boot)
             return
-        if disk.genuine(effect.piece_id):
+        if effect.piece_id in disk.durable:  # as PieceStore.write: already held, nothing written or read
             self.complete(node, size / disk.model.hash_rate, ev.PieceStoredLocally(effect.tag, effect.piece_id, True))
             return
         if not disk.has_room(size):
@@ -568,6 +616,9 @@ class Cluster:
         if node.boot != boot or not node.running:
             return
         content = node.disk.written.pop(effect.piece_id, None)
+        if node.disk.fsync_fails(self.fault_rng):  # the store removes the temp file
+            self.feed(node.node_id, ev.PieceStoredLocally(effect.tag, effect.piece_id, False, FSYNC_EIO), boot)
+            return
         if content is not None:
             node.disk.durable[effect.piece_id] = content
             self.corrupted.discard((node.node_id, effect.piece_id))
@@ -583,6 +634,21 @@ class Cluster:
     def _piece_loaded(self, node: SimNode, effect: ev.LoadPiece, content: Content | None) -> None:
         handle = self.new_handle(node, content) if content is not None else None
         self._feed_core(node, ev.PieceLoaded(effect.tag, effect.piece_id, handle))
+
+    def _do_VerifyHeldPiece(self, node: SimNode, effect: ev.VerifyHeldPiece) -> None:
+        content = node.disk.durable.get(effect.piece_id)
+        done = self.loop.now + 0.0001
+        if content is not None:
+            done = node.disk.schedule_io(self.loop.now, content.size, node.disk.model.read_bandwidth)
+            done += content.size / node.disk.model.hash_rate
+        self.loop.at(done, self._input, node, node.boot, self._held_piece_checked, effect)
+
+    def _held_piece_checked(self, node: SimNode, effect: ev.VerifyHeldPiece) -> None:
+        """As PieceStore.verify: the copy on disk now is hashed; a rotten one is quarantined."""
+        ok = node.disk.genuine(effect.piece_id)
+        if not ok and node.disk.durable.pop(effect.piece_id, None) is not None:
+            self.corrupted.discard((node.node_id, effect.piece_id))
+        self._feed_core(node, ev.HeldPieceVerified(effect.tag, effect.piece_id, ok))
 
     def _do_VerifyPiece(self, node: SimNode, effect: ev.VerifyPiece) -> None:
         content = node.handles.get(effect.handle)
@@ -608,6 +674,9 @@ class Cluster:
 
         def durable(target: SimNode) -> None:
             target.disk.reserved -= size
+            if target.disk.fsync_fails(self.fault_rng):
+                self._feed_core(target, ev.ManifestStoredLocally(effect.tag, False, FSYNC_EIO))
+                return
             target.disk.manifests[effect.manifest_id] = effect.blob
             self._feed_core(target, ev.ManifestStoredLocally(effect.tag, True))
 
@@ -618,14 +687,25 @@ class Cluster:
         self.complete(node, 0.0001, ev.ManifestLoaded(effect.tag, blob))
 
     def _do_PersistCatalog(self, node: SimNode, effect: ev.PersistCatalog) -> None:
-        size = len(effect.blob) + SMALL_IO
+        self._replace_file(node, effect.blob, "catalog", lambda ok, error: ev.CatalogPersisted(effect.tag, ok, error))
+
+    def _do_PersistCounters(self, node: SimNode, effect: ev.PersistCounters) -> None:
+        self._replace_file(node, effect.blob, "counters",
+                           lambda ok, error: ev.CountersPersisted(effect.tag, ok, error))
+
+    def _replace_file(self, node: SimNode, blob: bytes, attribute: str, completion: Callable[[bool, str], Any]) -> None:
+        """write_file_atomic: the disk holds the old bytes until the new ones are durable."""
+        size = len(blob) + SMALL_IO
         if not node.disk.has_room(size):
-            self.complete(node, 0.0005, ev.CatalogPersisted(effect.tag, False, "disk full"))
+            self.complete(node, 0.0005, completion(False, "disk full"))
             return
 
         def durable(target: SimNode) -> None:
-            target.disk.catalog = effect.blob
-            self._feed_core(target, ev.CatalogPersisted(effect.tag, True))
+            if target.disk.fsync_fails(self.fault_rng):  # the old file stays
+                self._feed_core(target, completion(False, FSYNC_EIO))
+                return
+            setattr(target.disk, attribute, blob)
+            self._feed_core(target, completion(True, ""))
 
         self.loop.after(self._small_write(node, size), self._input, node, node.boot, durable)
 
@@ -693,6 +773,7 @@ class Cluster:
         record.replies.append(effect.body)
         if isinstance(effect.body, ev.GetStarted):
             record.manifest = effect.body.manifest
+            record.entry = effect.body.entry
         if effect.final:
             record.finished = self.loop.now
             record.final = self._client_check(node, record, effect.body)
@@ -707,13 +788,23 @@ class Cluster:
                 self.violation(f"getdone:{id(record)}", f"get via {node.node_id[:4]} reported success with "
                                f"{len(record.delivered)}/{expected} stripes delivered correctly")
                 return ev.Failed("whole-file hash mismatch")
+            self.ledger.get_finished(record)
         if isinstance(body, ev.PutDone):
-            self._check_put_durable(node, body)
+            self._check_put_durable(node, record, body)
+            self.ledger.put_committed(record, body)
+        if isinstance(body, ev.Removed):
+            self.ledger.versions_removed(record, body)
+        if isinstance(body, ev.Status):
+            self.ledger.status_answered(record, body)
         return body
 
-    def _check_put_durable(self, node: SimNode, done: ev.PutDone) -> None:
+    def _check_put_durable(self, node: SimNode, record: ClientRecord, done: ev.PutDone) -> None:
+        """Every slot durable and genuine, the tolerance met, the manifest on tolerance + 1
+        nodes; but for rot and disk losses that happened while the put ran."""
+        lost = {n for t, n in self.ledger.losses if t > record.started}
+        forgiven = self.ledger.rot_since(record.started)
         holders = [n for n in self.nodes.values() if done.manifest_id in n.disk.manifests]
-        if len(holders) < done.tolerance + 1:
+        if len(holders) + len(lost) < done.tolerance + 1:
             self.violation(f"put-manifest:{done.manifest_id.hex()}",
                            f"put {done.name} reported success with its manifest on {len(holders)} nodes "
                            f"< tolerance+1 = {done.tolerance + 1}")
@@ -723,30 +814,31 @@ class Cluster:
         for (_, number, stripe), hint in zip(manifest.iter_stripes(), manifest.placement):
             for slot, node_id in enumerate(hint):
                 pid = stripe.data_ids[slot // 2] if slot < 2 * stripe.k else stripe.parity_ids[slot - 2 * stripe.k]
-                if not self.nodes[node_id].disk.genuine(pid):
+                if not self.nodes[node_id].disk.genuine(pid) and node_id not in lost \
+                        and (node_id, pid) not in forgiven:
                     self.violation(f"put-durable:{done.manifest_id.hex()}",
                                    f"put {done.name} reported success but stripe {number} slot {slot} "
                                    f"is not durable on {node_id[:4]}")
-        actual = self.durable_tolerance(manifest)
-        if actual < done.tolerance:
+        actual = self.durable_tolerance(manifest, forgive=forgiven)
+        if actual < done.tolerance - len(lost & {n for hint in manifest.placement for n in hint}):
             self.violation(f"put-tolerance:{done.manifest_id.hex()}",
                            f"put {done.name} reported tolerance {done.tolerance} but its durable pieces "
                            f"only survive {actual} failures")
 
-    def durable_tolerance(self, manifest: Manifest, nodes: Iterable[str] | None = None) -> int:
-        """Exact tolerance of what is durable and genuine on ``nodes`` (default: all)."""
+    def durable_tolerance(self, manifest: Manifest, nodes: Iterable[str] | None = None,
+                          forgive: set[tuple[str, bytes]] | frozenset = frozenset()) -> int:
+        """Exact tolerance of what is durable and genuine on ``nodes`` (default: all),
+        counting the (node, piece) copies in ``forgive`` as genuine."""
         among = [self.nodes[i] for i in (nodes if nodes is not None else self.ids)]
-        stripes = []
-        for _, _, stripe in manifest.iter_stripes():
-            holders = [frozenset(n.node_id for n in among if n.disk.genuine(pid)) for pid in stripe.piece_ids]
-            stripes.append((holders, stripe.k))
-        return placement.checkpoint_tolerance(stripes, empty=len(among) - 1)
+        return self.ledger.tolerance(manifest, among,
+                                     lambda n, pid: n.disk.genuine(pid) or (n.node_id, pid) in forgive)
 
     # -- what tests call -----------------------------------------------------------------
 
     def _client(self, record: ClientRecord) -> int:
         client = len(self.clients) + 1
         record.started = self.loop.now
+        record.client = client
         self.clients[client] = record
         return client
 
@@ -760,14 +852,28 @@ class Cluster:
         return client
 
     def get(self, node_id: str, spec: str) -> int:
-        client = self._client(ClientRecord("get", node_id, name=spec))
+        record = ClientRecord("get", node_id, name=spec)
+        node = self.nodes[node_id]
+        if node.running and node.core is not None and "@" not in spec:
+            try:
+                record.seen = frozenset(e.version for e in node.core.catalog.live_versions(spec))
+            except PeerstoreError:
+                pass
+        client = self._client(record)
         self.loop.after(0.0, self.feed, node_id, ev.GetCommand(client, spec))
         return client
 
     def command(self, node_id: str, make: Callable[[int], Any], kind: str = "cmd") -> int:
-        client = self._client(ClientRecord(kind, node_id))
-        self.loop.after(0.0, self.feed, node_id, make(client))
+        record = ClientRecord(kind, node_id)
+        client = self._client(record)
+        command = make(client)
+        if isinstance(command, ev.RemoveCommand):
+            record.name = command.spec
+        self.loop.after(0.0, self.feed, node_id, command)
         return client
+
+    def rm(self, node_id: str, spec: str) -> int:
+        return self.command(node_id, lambda c: ev.RemoveCommand(c, spec), "rm")
 
     def cancel(self, client: int) -> None:
         self.feed(self.clients[client].node, ev.CancelCommand(client))
@@ -777,6 +883,8 @@ class Cluster:
     def _fault(self, description: str) -> None:
         self.faults.append((self.loop.now, description))
         self.loop.trace(f"FAULT {description}")
+        if self.with_cores:  # once the fault has taken effect: what status says vs what is durable
+            self.loop.after(0.0, self.ledger.check_tolerances)
 
     def crash(self, node_id: str, *, power_off: bool = False, why: str = "") -> None:
         """Kill the process (the host's kernel resets its connections) or, with
@@ -800,7 +908,13 @@ class Cluster:
 
     def restart(self, node_id: str, *, new_address: bool = False) -> None:
         node = self.nodes[node_id]
-        if node.running:
+        if node.running or node_id in self.retired:
+            return
+        refusal = self.boot_refusal(node_id) if self.with_cores else None
+        if refusal is not None:  # the process exits at once; the host stays up
+            self._fault(f"restart {node_id[:4]} refused: {refusal}")
+            self.net.process_up(node_id)
+            self.net.process_down(node_id)
             return
         self._fault(f"restart {node_id[:4]}{' at a new address' if new_address else ''}")
         if new_address:
@@ -887,6 +1001,7 @@ class Cluster:
         """Flip bits in a stored piece: its bytes no longer hash to its id."""
         self.nodes[node_id].disk.corrupt(piece_id)
         self.corrupted.add((node_id, piece_id))
+        self.ledger.rotted(node_id, piece_id)
         self._fault(f"corrupt {node_id[:4]} {piece_id.hex()[:8]}")
 
     def crash_mid_write(self, node_id: str) -> None:
@@ -951,6 +1066,70 @@ class Cluster:
     def set_loss(self, loss: float) -> None:
         self.degrade_links(loss=loss)
 
+    def stream_faults(self, *, loss: float = 0.0, straggle: float = 0.0, redeliver: float = 0.0) -> None:
+        """Data-path (TCP) faults, see ``sim.network``: segment ``loss`` (messages late by
+        retransmission timeouts), messages that ``straggle`` in after their connection
+        broke, and messages delivered again on a new connection (``redeliver``)."""
+        self.net.default_link = dataclasses.replace(self.net.default_link, stream_loss=loss)
+        self.net.straggle, self.net.redeliver = straggle, redeliver
+        self._fault(f"streams: segment loss {loss:.3g}, straggle {straggle:.2f}, redeliver {redeliver:.2f}")
+
+    def fail_fsync(self, node_id: str, probability: float = 1.0) -> None:
+        """The node's fsyncs fail with EIO (a dying disk): piece, manifest, catalog and
+        counter writes fail and leave nothing new on disk."""
+        self.nodes[node_id].disk.fail_fsync = probability
+        self._fault(f"fsync EIO {node_id[:4]} (p={probability:.2f})")
+
+    def corrupt_manifest(self, node_id: str, manifest_id: bytes) -> None:
+        """Flip bits in a stored manifest file: it no longer hashes to its id."""
+        self.nodes[node_id].disk.corrupt_manifest(manifest_id)
+        self._fault(f"corrupt manifest {node_id[:4]} {manifest_id.hex()[:8]}")
+
+    def corrupt_file(self, node_id: str, name: str, *, unreadable: bool = True) -> bool:
+        """Rot in the node's ``"catalog"`` or ``"counters"`` file, found when it next boots;
+        ``unreadable``: cut short, else one bit flipped. False if it has no such file."""
+        done = self.nodes[node_id].disk.corrupt_file(name, self.fault_rng, unreadable=unreadable)
+        if done:
+            self._fault(f"corrupt {name} file {node_id[:4]} ({'cut short' if unreadable else 'one bit flipped'})")
+        return done
+
+    def boot_refusal(self, node_id: str) -> str | None:
+        """Why the daemon would refuse to start on this node's disk, or None: a rotten
+        counters file is fatal (a rotten catalog is not: the node starts empty)."""
+        try:
+            restore_counters(self.nodes[node_id].disk.counters)
+        except FormatError as err:
+            return str(err)
+        return None
+
+    def lose_disk(self, node_id: str, *, new_id: bool = False, new_address: bool = False) -> str:
+        """Permanent disk loss: the host goes down and its store is gone. With the same id
+        the node keeps only its identity (node id and boot epoch; pieces, manifests,
+        catalog and reserved counters are lost): ``restart()`` it. With ``new_id`` the
+        whole data directory is gone, so the machine comes back as a node that never ran
+        (same address unless ``new_address``): ``join()`` the returned id; the old id
+        never returns. Returns the id to start."""
+        node = self.nodes[node_id]
+        self.crash(node_id, power_off=True, why="disk lost")
+        old = node.disk
+        node.disk = SimDisk(model=old.model, boot_epoch=old.boot_epoch)
+        self.corrupted.difference_update({c for c in self.corrupted if c[0] == node_id})
+        self.ledger.disk_lost(node_id)
+        if not new_id:
+            self._fault(f"disk lost {node_id[:4]}: back empty with the same id")
+            return node_id
+        self.retired.add(node_id)
+        index = len(self.nodes)
+        fresh = f"{index + 1:02x}" + model_id("node", self.seed, "replacement", index).hex()[:14]
+        addr = self._new_addr(fresh) if new_address else node.addr
+        self.addr_owner[addr] = fresh
+        self.nodes[fresh] = SimNode(fresh, index, addr, SimDisk(model=old.model), running=False)
+        self.net.add_host(fresh, self.net.hosts[node_id].nic)
+        self.net.hosts[fresh].listening = False
+        self.ids[self.ids.index(node_id)] = fresh
+        self._fault(f"disk lost {node_id[:4]}: the machine comes back as new node {fresh[:4]}")
+        return fresh
+
     def heal_all(self) -> None:
         """End every transient fault: network, clogs, freezes, full disks."""
         self.heal()
@@ -963,6 +1142,8 @@ class Cluster:
             if node.disk.capacity is not None:
                 self.free_disk(node_id)
             node.crash_when_written = False
+            node.disk.fail_fsync = 0.0
+        self.net.straggle = self.net.redeliver = 0.0
 
     def announce(self) -> None:
         """Static membership: tell every core the truth about who is running."""

@@ -68,10 +68,6 @@ class EventLoop:
         self._flush()
         return self._hash.hexdigest()
 
-    @property
-    def pending_events(self) -> int:
-        return len(self._queue)
-
     def run(self, until: Callable[[], bool] | None = None, *, max_time: float, max_events: int = 50_000_000) -> bool:
         """Run events until ``until()`` is true (returns True), the queue empties, virtual
         time passes ``max_time`` or ``max_events`` ran (returns False). The clock ends at

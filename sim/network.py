@@ -15,12 +15,27 @@ piece costs 33 ms at 1 GbE and bulk traffic queues behind itself. A connection c
 
 Sending where no connection exists connects first: refused at once by a host whose
 process is down, timing out after ``connect_timeout`` when the host is unreachable.
+
+Stream faults (all off by default):
+
+- ``LinkModel.stream_loss``: TCP segment loss. A message with a lost segment is not lost
+  but late by a retransmission timeout (``rto``, doubling while the retransmission is lost
+  too), and holds back what follows it on its connection; a lost SYN costs 1 s, 2 s, ...
+  and the connect fails past ``connect_timeout``.
+- ``Network.straggle``: when a connection breaks, each message whose bytes had already
+  left the sender may still arrive (the kernel flushes its send buffer after a close or a
+  process crash), after both ends were told of the break and possibly after messages on
+  the new connection: late replies, requests served after their sender gave up, and
+  reordering across connections.
+- ``Network.redeliver``: when a connection breaks, each message delivered on it shortly
+  before may be delivered again on a new connection, as an at-least-once resend would
+  (the same request id twice; never from a process that died since).
 """
 
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,12 +43,17 @@ from sim.loop import EventLoop
 
 NIC_1GBE = 125e6  # bytes/s
 NIC_100MBIT = 12.5e6  # a Raspberry Pi 3 / a cheap switch port
+MSS = 1448  # TCP payload bytes per segment on Ethernet
+SYN_RTO = 1.0  # Linux's initial retransmission timeout for a SYN
+MAX_BACKOFFS = 6  # retransmissions modelled per loss (200 ms doubles to 12.8 s)
+RECENT = 4  # messages per connection that a redelivery may repeat
 
 
 @dataclass(frozen=True)
 class LinkModel:
     """One direction of a link. Latency is ``latency`` plus an exponential with mean
-    ``jitter``; datagrams may be lost, duplicated or held back (reordered)."""
+    ``jitter``; datagrams may be lost, duplicated or held back (reordered). Stream
+    segments are lost with ``stream_loss`` and retransmitted after ``rto``."""
 
     latency: float = 0.0002
     jitter: float = 0.0001
@@ -41,6 +61,8 @@ class LinkModel:
     duplicate: float = 0.0
     reorder: float = 0.0
     reorder_delay: float = 0.01
+    stream_loss: float = 0.0
+    rto: float = 0.2  # Linux's minimum retransmission timeout
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,21 @@ class Host:
     listening: bool = True  # the node's process is running
     egress_free: float = 0.0
     ingress_free: float = 0.0
+    process: int = 0  # raised whenever the process or host goes down
+
+
+@dataclass
+class InFlight:
+    """A stream message on its way: enough to deliver it late or again."""
+
+    src: str
+    dst: str
+    size: int
+    sent: float  # when its last byte left the sender's NIC
+    arrive: float
+    process: int  # the sender's process generation when it was sent
+    on_arrive: Callable[..., None]
+    args: tuple[Any, ...]
 
 
 @dataclass
@@ -65,6 +102,8 @@ class Connection:
     gen: int
     zombie: bool = False
     last_arrival: dict[str, float] = field(default_factory=dict)  # per sending side
+    in_flight: dict[int, InFlight] = field(default_factory=dict)
+    recent: deque[InFlight] = field(default_factory=lambda: deque(maxlen=RECENT))
 
 
 def conn_key(a: str, b: str) -> tuple[str, str]:
@@ -84,6 +123,9 @@ class Network:
         self.clogs: dict[tuple[str, str], Clog] = {}
         self.conns: dict[tuple[str, str], Connection] = {}
         self._gen = 0
+        self._seq = 0
+        self.straggle = 0.0  # see the module docstring: stream faults
+        self.redeliver = 0.0
         self.on_break: Callable[[str, str, int], None] = lambda a, b, gen: None
         self.stats: Counter[str] = Counter()
 
@@ -107,7 +149,9 @@ class Network:
 
     def process_down(self, node_id: str) -> None:
         """The process died but the host is up: its kernel resets every connection."""
-        self.hosts[node_id].listening = False
+        host = self.hosts[node_id]
+        host.listening = False
+        host.process += 1
         for key in [k for k in self.conns if node_id in k]:
             self._break(key)
 
@@ -115,6 +159,7 @@ class Network:
         """The host vanished: its connections go silent; peers find out by timeouts."""
         host = self.hosts[node_id]
         host.powered = host.listening = False
+        host.process += 1
         for key, conn in self.conns.items():
             if node_id in key:
                 conn.zombie = True
@@ -232,13 +277,19 @@ class Network:
             return 0
         setup = 0.0
         if conn is None:
+            setup = 4 * link.latency + self._syn_delay(link)  # TCP handshake + the mutual key proof
+            if setup > self.connect_timeout:
+                if on_fail is not None:
+                    loop.at(now + self.connect_timeout, on_fail, "unreachable: connect timed out (SYNs lost)")
+                return 0
             self._gen += 1
             conn = self.conns[key] = Connection(self._gen)
-            setup = 4 * link.latency  # TCP handshake + the mutual key proof
         hosts = self.hosts
         sender, receiver = hosts[src], hosts[dst]
         factor = 1.0
         delay = link.latency + (self.rng.expovariate(1.0 / link.jitter) if link.jitter else 0.0)
+        if link.stream_loss:
+            delay += self._retransmit_delay(link, size)
         if self.clogs:
             clog = self.clogs.get((src, dst))
             if clog is not None:
@@ -247,20 +298,63 @@ class Network:
         start = max(now + setup, sender.egress_free)
         sent = start + size / (sender.nic * factor)
         sender.egress_free = sent
-        arrive = max(sent + delay, receiver.ingress_free + size / receiver.nic)
-        receiver.ingress_free = arrive
-        arrive = max(arrive, conn.last_arrival.get(src, 0.0))  # in order per connection
+        # The receiver's NIC takes one message at a time; propagation delays (latency,
+        # clogs, retransmissions) are per path and hold back no other sender's bytes.
+        received = max(sent, receiver.ingress_free + size / receiver.nic)
+        receiver.ingress_free = received
+        arrive = max(received + delay, conn.last_arrival.get(src, 0.0))  # in order per connection
         conn.last_arrival[src] = arrive
-        loop.at(arrive, self._land_stream, key, conn.gen, on_arrive, args)
+        self._seq += 1
+        conn.in_flight[self._seq] = InFlight(src, dst, size, sent, arrive, sender.process, on_arrive, args)
+        loop.at(arrive, self._land_stream, key, conn.gen, self._seq)
         return conn.gen
 
-    def _land_stream(self, key: tuple[str, str], gen: int, on_arrive: Callable[..., None],
-                     args: tuple[Any, ...]) -> None:
+    def _syn_delay(self, link: LinkModel) -> float:
+        """Extra connect time when the SYN or the SYN-ACK is lost: 1 s, then 2 s, ..."""
+        delay, rto = 0.0, SYN_RTO
+        p = 1 - (1 - link.stream_loss) ** 2
+        while link.stream_loss and self.rng.random() < p and delay <= self.connect_timeout:
+            self.stats["stream_syn_retransmits"] += 1
+            delay += rto
+            rto *= 2
+        return delay
+
+    def _retransmit_delay(self, link: LinkModel, size: int) -> float:
+        """How late a message of ``size`` bytes is when one of its segments is lost: an RTO,
+        doubled for every retransmission lost as well."""
+        segments = 1 + size // MSS
+        if self.rng.random() >= 1 - (1 - link.stream_loss) ** segments:
+            return 0.0
+        self.stats["stream_retransmits"] += 1
+        delay = rto = max(link.rto, 2 * link.latency)
+        for _ in range(MAX_BACKOFFS):
+            if self.rng.random() >= link.stream_loss:
+                break
+            rto *= 2
+            delay += rto
+        return delay
+
+    def _land_stream(self, key: tuple[str, str], gen: int, seq: int) -> None:
         conn = self.conns.get(key)
         if conn is None or conn.gen != gen or conn.zombie:
-            self.stats["stream_messages_lost"] += 1
+            return  # broken: _break already counted it (and maybe let it straggle)
+        message = conn.in_flight.pop(seq)
+        conn.recent.append(message)
+        message.on_arrive(*message.args)
+
+    def _straggler_lands(self, message: InFlight, dst_process: int) -> None:
+        host = self.hosts[message.dst]
+        if (message.src, message.dst) in self.blocked or not host.listening or host.process != dst_process:
+            self.stats["stream_messages_lost"] += 1  # the receiving socket is gone
             return
-        on_arrive(*args)
+        self.stats["stream_stragglers"] += 1
+        message.on_arrive(*message.args)
+
+    def _redeliver(self, message: InFlight) -> None:
+        if self.hosts[message.src].process != message.process:
+            return  # the process that would resend it is gone
+        self.stats["stream_redeliveries"] += 1
+        self.send_stream(message.src, message.dst, message.size, message.on_arrive, *message.args)
 
     def reset_if_stale(self, a: str, b: str) -> None:
         """Replace a silent connection between two hosts that can reach each other."""
@@ -273,8 +367,21 @@ class Network:
         conn = self.conns.pop(key)
         self.stats["connections_reset"] += 1
         a, b = key
+        now = self.loop.now
         notice = self.link(a, b).latency
-        self.loop.at(self.loop.now + notice, self.on_break, a, b, conn.gen)
+        self.loop.at(now + notice, self.on_break, a, b, conn.gen)
+        open_path = self.reachable(a, b) and self.reachable(b, a)
+        for message in conn.in_flight.values():
+            receiver = self.hosts[message.dst]
+            if (self.straggle and open_path and not conn.zombie and receiver.listening and message.sent <= now
+                    and self.rng.random() < self.straggle):
+                self.loop.at(max(message.arrive, now + notice), self._straggler_lands, message, receiver.process)
+            else:
+                self.stats["stream_messages_lost"] += 1
+        if self.redeliver and open_path:
+            for message in conn.recent:
+                if self.rng.random() < self.redeliver:
+                    self.loop.at(now + notice + self.rng.uniform(0, 0.05), self._redeliver, message)
 
     def _reset_zombies(self) -> None:
         for key in [k for k, c in self.conns.items() if c.zombie]:

@@ -17,6 +17,7 @@ the framework then lifts every transient fault and checks the invariants of
 
 from __future__ import annotations
 
+import itertools
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,11 +28,13 @@ from peerstore.core import events as ev
 from peerstore.core.membership import boot_incarnation
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
+from peerstore.core.snapshots import restore_catalog
+from peerstore.manifest import Manifest
 from peerstore.policy import Policy
 from sim.cluster import ClientRecord, Cluster
-from sim.content import FileModel
-from sim.disk import SD_CARD
-from sim.invariants import HANG_BOUND, Report, final_checks
+from sim.content import FileModel, TrainingRun
+from sim.disk import SD_CARD, SSD, DiskModel
+from sim.invariants import HANG_BOUND, Report, final_checks, readable
 from sim.network import NIC_100MBIT
 
 OP_BOUND = 600.0  # virtual seconds any single operation may take in a scenario
@@ -52,6 +55,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     fault_log: list[str] = field(default_factory=list)
     mdns: bool = True
+    scale: float = 1.0
 
     @property
     def ok(self) -> bool:
@@ -59,15 +63,16 @@ class Result:
 
     @property
     def reproduce(self) -> str:
-        flags = "" if self.mdns else " --no-mdns"
+        flags = ("" if self.mdns else " --no-mdns") + (f" --scale {self.scale:g}" if self.scale != 1.0 else "")
         return f"python -m sim.chaos --scenario {self.name} --seed {self.seed} --nodes {self.nodes}{flags}"
 
 
 class Run:
     """One scenario run: the cluster, a seeded RNG, and helpers that keep the books."""
 
-    def __init__(self, name: str, seed: int, nodes: int, cluster_options: dict[str, Any]):
+    def __init__(self, name: str, seed: int, nodes: int, cluster_options: dict[str, Any], scale: float = 1.0):
         self.name = name
+        self.scale = scale  # checkpoint sizes and run lengths grow with it (``--scale``)
         self.cluster = Cluster(nodes, seed, **cluster_options)
         self.rng = self.cluster.seeds.rng("scenario", name)
         self.report = Report()
@@ -88,7 +93,8 @@ class Run:
         """A directory-like checkpoint: a big model file, small JSON files, maybe an empty one."""
         rng, shard = self.rng, self.cluster.settings.policy.shard_size
         count = files if files is not None else rng.randint(1, 3)
-        out = [FileModel.generate("model.safetensors", rng.randint(shard, shard * max_shards), shard, seed=rng.random())]
+        most = max(1, round(max_shards * self.scale))
+        out = [FileModel.generate("model.safetensors", rng.randint(shard, shard * most), shard, seed=rng.random())]
         for i in range(1, count):
             size = rng.choice([0, rng.randint(1, shard // 2), rng.randint(shard, shard * 5)])
             out.append(FileModel.generate(f"extra-{i}.bin", size, shard, seed=rng.random()))
@@ -196,19 +202,23 @@ def scenario(nodes: int = 5, **cluster_options: Any) -> Callable[[Callable[[Run]
 
 
 def run(name: str, seed: int, *, nodes: int | None = None, core_class: type[NodeCore] = NodeCore,
-        incarnation: Callable[[int], int] = boot_incarnation, final: bool = True, mdns: bool = True) -> Result:
+        incarnation: Callable[[int], int] = boot_incarnation, final: bool = True, mdns: bool = True,
+        scale: float = 1.0) -> Result:
     """Run scenario ``name`` with ``seed``; the Result lists every invariant violation.
-    ``mdns=False`` models static ``seeds:`` only (no multicast discovery)."""
+    ``mdns=False`` models static ``seeds:`` only (no multicast discovery); ``scale``
+    multiplies checkpoint sizes (and the big scenarios' run lengths)."""
     spec = SCENARIOS[name]
     count = nodes if nodes is not None else spec.nodes
     if count < MIN_NODES:
         raise ValueError(f"scenario {name} needs at least {MIN_NODES} nodes, got {count}")
-    result = Result(name, seed, count, mdns=mdns)
+    if not 0 < scale <= 100:
+        raise ValueError(f"scale must be in (0, 100], got {scale}")
+    result = Result(name, seed, count, mdns=mdns, scale=scale)
     started = time.monotonic()
     options = {**spec.options, "core_class": core_class, "incarnation": incarnation, "mdns": mdns}
     the_run: Run | None = None
     try:
-        the_run = Run(name, seed, count, options)
+        the_run = Run(name, seed, count, options, scale)
         spec.func(the_run)
         the_run.drain()
         if final:
@@ -668,13 +678,15 @@ def random(r: Run) -> None:
     for _ in range(rng.randint(6, 24)):
         r.later(rng.uniform(0.0, duration), _random_fault, r)
     ops: list[ClientRecord] = []
+    training = TrainingRun(rng, r.checkpoint)  # repeated content: dedup paths run in every run
     end = cluster.loop.now + duration
     while cluster.loop.now < end:
         done = [p for p in ops if p.kind == "put" and p.ok]
         if done and rng.random() < 0.4:
             ops.append(r.get(rng.choice(done).name, via=r.pick(), wait=False))
         else:
-            ops.append(r.put(via=r.pick(), wait=False))
+            name = rng.choice(done).name if done and rng.random() < 0.15 else None  # a new version
+            ops.append(r.put(via=r.pick(), name=name, files=training.next(), wait=False))
         cluster.run_for(rng.uniform(0.05, 10.0))
     cluster.run_until(lambda: all(o.done for o in ops), max_time=HANG_BOUND, step=1.0)
 
@@ -684,7 +696,8 @@ def _random_fault(r: Run) -> None:
     running = cluster.running_ids()
     down = [i for i in cluster.ids if i not in running]
     kind = rng.choice(["crash", "crash", "restart", "isolate", "partition", "block", "heal", "stall",
-                       "freeze", "breaks", "clog", "corrupt", "disk", "torn", "loss", "readdress"])
+                       "freeze", "breaks", "clog", "corrupt", "disk", "torn", "loss", "readdress",
+                       "streams", "fsync", "rot-manifest", "rot-file"])
     if kind in ("crash", "torn") and len(running) > 2:
         target = rng.choice(running)
         if kind == "torn":
@@ -734,6 +747,23 @@ def _random_fault(r: Run) -> None:
     elif kind == "loss":
         cluster.set_loss(rng.choice([0.01, 0.05, 0.2]))
         r.later(rng.uniform(1.0, 30.0), cluster.set_loss, 0.0)
+    elif kind == "streams":
+        cluster.stream_faults(loss=rng.choice([0.0005, 0.002, 0.01]), straggle=rng.uniform(0.0, 1.0),
+                              redeliver=rng.uniform(0.0, 0.5))
+        r.later(rng.uniform(1.0, 30.0), cluster.stream_faults)
+    elif kind == "fsync" and running:
+        target = rng.choice(running)
+        cluster.fail_fsync(target, rng.choice([0.2, 1.0]))
+        r.later(rng.uniform(1.0, 30.0), cluster.fail_fsync, target, 0.0)
+    elif kind == "rot-manifest":
+        _rot_one_manifest_safely(r)
+    elif kind == "rot-file":
+        # A rotten catalog file costs a node its catalog (peers refill it); a rotten
+        # counters file keeps it down for good, so at most one node gets that.
+        target = rng.choice(cluster.ids)
+        refused = [i for i in cluster.ids if cluster.boot_refusal(i) is not None]
+        name = "counters" if not refused and rng.random() < 0.3 else "catalog"
+        cluster.corrupt_file(target, name, unreadable=rng.random() < 0.5)
 
 
 def _corrupt_one_safely(r: Run) -> None:
@@ -755,3 +785,309 @@ def _corrupt_one_safely(r: Run) -> None:
         cluster.corrupt(r.rng.choice(holders), pid)
 
 
+
+
+# -- stream and disk faults, bigger runs ----------------------------------------------------
+
+
+@scenario()
+def stream_faults(r: Run) -> None:
+    """The data path's TCP misbehaves: lost segments make messages late by retransmission
+    timeouts; connections reset with messages straggling in after the break (late
+    replies, requests served after their sender gave up, order lost across connections);
+    messages delivered twice on a new connection. Puts and gets still complete."""
+    cluster = r.cluster
+    cluster.stream_faults(loss=r.rng.choice([0.0005, 0.002, 0.01]), straggle=r.rng.uniform(0.3, 1.0),
+                          redeliver=r.rng.uniform(0.2, 1.0))
+    shard = cluster.settings.policy.shard_size
+    files = [FileModel.generate("model.safetensors", shard * r.rng.randint(20, 60), shard, seed=r.rng.random())]
+    puts = [r.put(files=files, wait=False), r.put(wait=False)]
+    for _ in range(r.rng.randint(2, 8)):
+        r.later(r.rng.uniform(0.0, 0.1), cluster.break_streams, r.pick())
+    r.wait(*puts)
+    r.drain()
+    done = [p for p in puts if p.ok]
+    for put in puts:
+        if not put.ok:
+            r.note(f"put with stream faults failed: {put.final}")
+    if not done:
+        done = [r.put()]  # the faults go on: only the resets have stopped
+        if not r.expect(done[0].ok, f"put after the connection resets failed: {done[0].final}"):
+            return
+    gets = [r.get(p.name, wait=False) for p in done]
+    for _ in range(r.rng.randint(2, 8)):
+        r.later(r.rng.uniform(0.0, 0.05), cluster.break_streams, r.pick())
+    r.wait(*gets)
+    r.drain()
+    for get in gets:
+        if not get.ok:
+            r.note(f"get with stream faults failed: {get.final}")
+            r.expect_get(get.name, "retry after the connection resets")
+
+
+@scenario()
+def reply_after_restart(r: Run) -> None:
+    """A coordinator crashes and comes back at once while a peer (stalled, on a slow SD
+    card) still holds its requests: the peer answers them late, to the new process, whose
+    request ids start over; then the peer loses power. A late reply must never count as
+    the answer to a new request: a put must not commit on a piece the peer never stored."""
+    cluster = r.cluster
+    coordinator = r.pick()
+    slow = r.pick(exclude={coordinator})
+    cluster.slow_disk(slow, SD_CARD)
+    first = r.put(via=coordinator, files=r.checkpoint(max_shards=30), wait=False)
+    at, stalled = r.rng.uniform(0.002, 0.03), r.rng.uniform(1.0, 4.0)
+    r.later(at, cluster.stall, slow, stalled)
+    r.later(at + r.rng.uniform(0.001, 0.02), cluster.crash, coordinator)
+    r.later(at + r.rng.uniform(0.05, 0.6), cluster.restart, coordinator)
+    r.later(at + stalled + r.rng.uniform(0.0, 0.3), lambda: cluster.crash(slow, power_off=True))
+    r.wait(first)
+    node = cluster.nodes[coordinator]
+    cluster.run_until(lambda: node.running and node.core is not None and len(node.core.alive) == len(r.ids),
+                      max_time=5.0, step=0.01)
+    again = r.put(via=coordinator, files=r.checkpoint(max_shards=30))
+    r.drain()
+    if again.ok:
+        r.expect_get(again.name, "put right after the coordinator restarted, one node off since")
+    else:
+        r.note(f"put right after a restart failed: {again.final}")
+
+
+@scenario()
+def disk_faults(r: Run) -> None:
+    """Disks misbehave beyond bit rot in pieces: fsyncs fail with EIO (nothing becomes
+    durable; the put places around the node or fails saying why); manifest files rot on
+    some holders; a node's catalog file rots (it boots empty and catches up from its
+    peers); a node's counters file rots (it refuses to start, as the daemon does). Every
+    checkpoint is still served within tolerance."""
+    cluster = r.cluster
+    sick = r.rng.sample(r.ids, r.rng.randint(1, 2))
+    for node_id in sick:
+        cluster.fail_fsync(node_id, r.rng.choice([0.3, 1.0]))
+    put = r.put()
+    if put.ok:
+        r.expect_get(put.name, "after fsyncs failed")
+    else:
+        r.expect(any(w in str(put.final) for w in ("fsync", "tolerance", "reached only")),
+                 f"put with failing fsyncs failed without saying why: {put.final}")
+    for node_id in sick:
+        cluster.fail_fsync(node_id, 0.0)
+    healthy = r.put()
+    if not r.expect(healthy.ok, f"put once the disks work again failed: {healthy.final}"):
+        return
+    puts = [p for p in (put, healthy) if p.ok]
+    # Rot in manifest files on some holders: two intact copies stay, as one node goes down below.
+    mid = healthy.final.manifest_id
+    holders = [i for i in r.ids if mid in cluster.nodes[i].disk.manifests]
+    if len(holders) >= 3:
+        rotten = r.rng.sample(holders, r.rng.randint(1, len(holders) - 2))
+        for node_id in rotten:
+            cluster.corrupt_manifest(node_id, mid)
+        r.expect_get(healthy.name, "manifest rotten on the node serving the get", via=r.rng.choice(rotten))
+    # Rot in the catalog file: found on boot; the node starts empty and catches up.
+    victim = r.pick()
+    cluster.crash(victim, power_off=r.rng.random() < 0.5)
+    cluster.corrupt_file(victim, "catalog", unreadable=r.rng.random() < 0.5)
+    cluster.restart(victim)
+    core = cluster.nodes[victim].core
+    if r.expect(cluster.nodes[victim].running, "a node with a rotten catalog file did not start"):
+        caught_up = cluster.run_until(lambda: all(core.catalog.latest(p.name) for p in puts), max_time=60.0)
+        r.expect(caught_up, "a node that booted with an empty catalog did not catch up from its peers")
+    # Rot in the counters file: the node must not start (a version id could repeat).
+    owners = [i for i in cluster.running_ids() if cluster.nodes[i].disk.counters]
+    if owners:
+        stuck = r.rng.choice(owners)
+        cluster.crash(stuck)
+        cluster.corrupt_file(stuck, "counters", unreadable=r.rng.random() < 0.5)
+        cluster.restart(stuck)
+        r.expect(not cluster.nodes[stuck].running, "a node with a rotten counters file started")
+        r.settle()
+        for done in puts:
+            r.expect_get(done.name, "one node refuses to start (rotten counters file)", via=r.pick())
+        later = r.put()
+        r.expect(later.ok, f"put with one node that refuses to start failed: {later.final}", min_nodes=4)
+
+
+@scenario(nodes=20)
+def big_random(r: Run) -> None:
+    """The random schedule at size: 20 nodes (``--nodes``), checkpoints of hundreds of
+    stripes (``--scale`` multiplies them and the run's length), and faults that overlap
+    (a crash during a partition during a stall, ...)."""
+    cluster, rng = r.cluster, r.rng
+    duration = rng.uniform(45.0, 90.0) * r.scale
+    for _ in range(round(rng.randint(12, 30) * r.scale)):
+        r.later(rng.uniform(0.0, duration), _random_fault, r)
+    shard, stripe = cluster.settings.policy.shard_size, cluster.settings.policy.stripe_width
+    stripes = round(rng.randint(100, 250) * r.scale)
+    big = FileModel.generate("model.safetensors", shard * stripe * stripes, shard, seed=rng.random())
+    ops: list[ClientRecord] = [r.put(files=[big], wait=False)]
+    end = cluster.loop.now + duration
+    while cluster.loop.now < end:
+        done = [p for p in ops if p.kind == "put" and p.ok]
+        if done and rng.random() < 0.4:
+            ops.append(r.get(rng.choice(done).name, via=r.pick(), wait=False))
+        else:
+            ops.append(r.put(via=r.pick(), files=r.checkpoint(max_shards=stripe * rng.choice([4, 25, 100])),
+                             wait=False))
+        cluster.run_for(rng.uniform(1.0, 15.0))
+    cluster.run_until(lambda: all(o.done for o in ops), max_time=HANG_BOUND, step=1.0)
+
+
+# -- issue 10: version reuse, re-put over rot, disk loss -------------------------------------
+
+SLOW_FSYNC = DiskModel(fsync=2.0, fsync_jitter=0.0)  # this node's writes become durable late
+
+
+def _durably_lists(cluster: Cluster, node_id: str, name: str) -> bool:
+    """Does the node's catalog file on disk list a version of ``name``?"""
+    catalog, _ = restore_catalog(cluster.nodes[node_id].disk.catalog)
+    return any(e.name == name for e in catalog.entries)
+
+
+@scenario()
+def version_reuse_after_crash(r: Run) -> None:
+    """Coordinator X crashes after two peers made its put's catalog entry durable, before
+    X did; X restarts while those peers are partitioned away and stores the same name
+    again; the partition heals. A version id must name one checkpoint for all time, and
+    `get NAME@V` must return what was committed as V (issue 10, section 1)."""
+    cluster, name = r.cluster, "run/reused"
+    if len(r.ids) < 4:
+        r.note("needs 4 nodes: the coordinator, two peers to partition away and one to commit with")
+        return
+    x, a, b, *rest = r.rng.sample(r.ids, len(r.ids))
+    cluster.partition([x, a, b], rest)  # the others must not learn of the first put
+    if not cluster.run_until(lambda: cluster.nodes[x].core.alive == {x, a, b}, max_time=90.0, step=0.5):
+        r.violation(f"{x[:4]} did not see the partition within 90s: {cluster.views()}")
+        return
+    cluster.slow_disk(x, SLOW_FSYNC)
+    first = r.put(via=x, name=name, files=r.checkpoint(files=1), wait=False)
+    cluster.run_until(lambda: first.done or (_durably_lists(cluster, a, name) and _durably_lists(cluster, b, name)),
+                      max_time=OP_BOUND, step=0.01)
+    if first.done or _durably_lists(cluster, x, name):
+        r.note(f"schedule missed: the first put {first.final} or its coordinator's catalog write was durable")
+        return
+    cluster.crash(x, power_off=True, why="before its own catalog write was durable")
+    cluster.slow_disk(x, SSD)
+    cluster.heal()
+    cluster.partition([a, b], [x, *rest])
+    cluster.restart(x)
+    if not cluster.run_until(lambda: cluster.nodes[x].core.alive == {x, *rest}, max_time=90.0, step=0.5):
+        r.violation(f"restarted {x[:4]} did not see its side of the partition within 90s: {cluster.views()}")
+        return
+    second = r.put(via=x, name=name, files=r.checkpoint(files=1))
+    if not r.expect(second.ok, f"put through the restarted coordinator failed: {second.final}"):
+        return
+    cluster.heal()
+    r.settle()
+    r.run_for(60.0)  # anti-entropy brings the catalogs together
+    r.expect_get(f"{name}@{second.final.version}", "the version the second put committed")
+    r.expect_get(name, "the newest version after the partition healed")
+
+
+def _most_harmful_rot(r: Run, manifest: Manifest) -> tuple[str, bytes]:
+    """The (node, data piece) whose rot lowers the checkpoint's true tolerance most."""
+    nodes = list(r.cluster.nodes.values())
+    options = sorted({(n.node_id, pid) for _, _, stripe in manifest.iter_stripes() for pid in stripe.data_ids
+                      for n in nodes if n.disk.genuine(pid)})
+
+    def left(option: tuple[str, bytes]) -> int:
+        return r.cluster.ledger.tolerance(
+            manifest, nodes, lambda n, pid: n.disk.genuine(pid) and (n.node_id, pid) != option)
+
+    worst = min(left(o) for o in options)
+    return r.rng.choice([o for o in options if left(o) == worst])
+
+
+def _worst_loss(r: Run, manifest: Manifest, count: int) -> list[str]:
+    """``count`` running nodes whose loss leaves the checkpoint unreadable from genuine
+    pieces, if any such set exists (a tolerance above the truth); else any ``count``."""
+    running = r.cluster.running_ids()
+    for combo in itertools.combinations(running, count):
+        if not readable(r.cluster, manifest, [n for n in running if n not in combo])[0]:
+            return list(combo)
+    return r.rng.sample(running, count)
+
+
+@scenario()
+def reput_over_rot(r: Run) -> None:
+    """One replica of a piece rots; the same bytes are put again under a new name (frozen
+    layers, unchanged since the last step), through the node with the rotten copy or
+    through another. The new put may not count the rotten copy: its reported tolerance
+    must be the truth, and losing that many nodes (the worst ones) must leave it
+    restorable (issue 10, section 2)."""
+    cluster = r.cluster
+    files = r.checkpoint(files=r.rng.randint(1, 2), max_shards=12)
+    first = r.put(name="run/step-1", files=files)
+    if not r.expect(first.ok, f"first put failed: {first.final}"):
+        return
+    rotten, pid = _most_harmful_rot(r, cluster.manifest_of(first))
+    cluster.corrupt(rotten, pid)
+    local = r.rng.random() < 0.5  # the rotten copy is on the coordinator itself
+    via = rotten if local else r.pick(exclude={rotten})
+    r.note(f"rotten copy on {'the coordinator' if local else 'a remote target'} {rotten[:4]}")
+    second = r.put(via=via, name="run/step-2", files=files)
+    if not r.expect(second.ok, f"put of the same bytes again failed: {second.final}"):
+        return
+    [status] = cluster.wait(cluster.command(via, lambda c: ev.StatusCommand(c), "status"))
+    r.report.operations += 1
+    if not isinstance(status.final, ev.Status):
+        r.violation(f"status via {via[:4]} failed: {status.final}")
+    tolerance = second.final.tolerance
+    dead = _worst_loss(r, cluster.manifest_of(second), tolerance)
+    for node_id in dead:
+        cluster.crash(node_id, power_off=r.rng.random() < 0.5)
+    r.expect_get("run/step-2", f"{tolerance} nodes lost, the reported tolerance", via=r.pick(exclude=set(dead)))
+
+
+@scenario(nodes=6)
+def disk_loss(r: Run) -> None:
+    """Disks die for good, one after another (no repair in between): a node comes back
+    empty with its old id, or as a new node (a fresh id, maybe at its old address),
+    sometimes while a put runs. Committed checkpoints stay restorable while the losses
+    stay within their reported tolerance; new puts use the replacement."""
+    cluster = r.cluster
+    training = TrainingRun(r.rng, r.checkpoint)
+    puts = [r.put(files=training.next()) for _ in range(r.rng.randint(2, 4))]
+    committed = [p for p in puts if p.ok]
+    if not r.expect(bool(committed), f"no put committed on a healthy cluster: {[p.final for p in puts]}"):
+        return
+    budget = min(p.final.tolerance for p in committed)
+    for _ in range(r.rng.randint(1, max(1, budget))):
+        victim = r.pick()
+        new_id = r.rng.random() < 0.5
+        during = r.put(files=training.next(), wait=False) if r.rng.random() < 0.3 else None
+        if during is not None:
+            r.run_for(r.rng.uniform(0.0, 0.03))
+        back = cluster.lose_disk(victim, new_id=new_id, new_address=r.rng.random() < 0.3)
+        r.run_for(r.rng.uniform(0.5, 20.0))
+        (cluster.join if new_id else cluster.restart)(back)
+        r.settle()
+        if during is not None:
+            r.wait(during)
+            puts.append(during)
+        puts.append(r.put(via=back, name=r.rng.choice(puts).name, files=training.next()))  # a new version
+    via = r.pick()
+    [status] = cluster.wait(cluster.command(via, lambda c: ev.StatusCommand(c), "status"))  # checked by the ledger
+    r.report.operations += 1
+    r.expect(isinstance(status.final, ev.Status), f"status via {via[:4]} failed: {status.final}")
+    for put in puts:
+        if not put.ok:
+            continue
+        commit = next(c for c in cluster.ledger.commits if c.client == put.client)
+        failed = cluster.ledger.failed(commit.holders, commit.started)
+        if len(failed) <= commit.tolerance:
+            r.expect_get(f"{commit.name}@{commit.version}",
+                         f"{len(failed)} of its holders lost their disks, tolerance {commit.tolerance}")
+
+
+def _rot_one_manifest_safely(r: Run) -> None:
+    """Rot one copy of a committed put's manifest, only while tolerance + 1 intact copies
+    remain (rot plus failures must stay within what the put promised)."""
+    cluster = r.cluster
+    done = [c for c in cluster.clients.values() if c.kind == "put" and c.ok]
+    if not done:
+        return
+    final = r.rng.choice(done).final
+    holders = [i for i in cluster.ids if final.manifest_id in cluster.nodes[i].disk.manifests]
+    if len(holders) - 1 >= final.tolerance + 1:
+        cluster.corrupt_manifest(r.rng.choice(holders), final.manifest_id)

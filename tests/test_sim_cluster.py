@@ -3,6 +3,7 @@ restarts, gossip membership glued to the cores, warm starts, and speed."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -14,8 +15,8 @@ from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
 from peerstore.gossip import AppState, MemberChanged, MemberState
 from peerstore.policy import MiB, Policy
-from sim.cluster import Cluster
-from sim.content import FileModel
+from sim.cluster import ClientRecord, Cluster
+from sim.content import FileModel, TrainingRun, model_id
 from sim.disk import SD_CARD
 
 SHARD = 64 * 1024
@@ -215,3 +216,97 @@ def test_a_large_checkpoint_costs_little_to_simulate():
 def test_a_2_5_gb_put_and_get_run_100x_faster_than_real_time():
     virtual, cpu = big_put_get(2_500_000_000)
     assert virtual / cpu >= 100, f"{virtual:.1f}s virtual took {cpu:.2f}s of CPU"
+
+
+# -- issue 10: disk loss, the ledger's checks, repeated content ------------------------------
+
+
+def test_a_disk_lost_with_the_same_id_comes_back_empty_and_the_checkpoint_survives():
+    cluster = Cluster(5, seed=21)
+    [put] = cluster.wait(cluster.put(cluster.ids[0], "run/a", one_file(12)))
+    assert put.ok
+    victim = next(i for i in cluster.ids[1:] if cluster.nodes[i].disk.durable)
+    epoch = cluster.nodes[victim].disk.boot_epoch
+    assert cluster.lose_disk(victim) == victim
+    assert not cluster.nodes[victim].running and not cluster.nodes[victim].disk.durable
+    cluster.restart(victim)
+    assert cluster.run_until(cluster.converged, max_time=60)
+    node = cluster.nodes[victim]
+    assert node.disk.boot_epoch == epoch + 1 and not node.core.inventory
+    assert cluster.run_until(lambda: node.core.catalog.latest("run/a") is not None, max_time=60)
+    [get] = cluster.wait(cluster.get(victim, "run/a"))
+    assert get.ok and cluster.violations == [], (get.final, cluster.violations)
+
+
+def test_a_disk_lost_with_a_new_id_retires_the_old_id_and_the_machine_joins_as_a_new_node():
+    cluster = Cluster(5, seed=22)
+    cluster.wait(cluster.put(cluster.ids[0], "run/a", one_file(12)))
+    victim = cluster.ids[2]
+    fresh = cluster.lose_disk(victim, new_id=True)
+    assert fresh != victim and fresh in cluster.ids and victim not in cluster.ids and len(cluster.ids) == 5
+    assert cluster.nodes[fresh].addr == cluster.nodes[victim].addr
+    cluster.restart(victim)  # the old identity is gone for good
+    assert not cluster.nodes[victim].running
+    cluster.join(fresh)
+    assert cluster.run_until(cluster.converged, max_time=90), cluster.views()
+    [put] = cluster.wait(cluster.put(fresh, "run/b", one_file(12)))
+    assert put.ok and any(fresh in hint for hint in cluster.manifest_of(put).placement)
+    for spec in ("run/a", "run/b"):
+        [get] = cluster.wait(cluster.get(cluster.ids[0], spec))
+        assert get.ok, get.final
+    assert cluster.violations == []
+
+
+def test_a_get_that_returns_another_checkpoint_under_the_committed_version_is_caught():
+    cluster = Cluster(4, seed=23)
+    [first] = cluster.wait(cluster.put(cluster.ids[0], "run/x", one_file(4, seed=1)))
+    [second] = cluster.wait(cluster.put(cluster.ids[0], "run/x", one_file(4, seed=2)))
+    committed = cluster.manifest_of(first)
+    impostor = dataclasses.replace(cluster.manifest_of(second), version=committed.version)
+    record = ClientRecord("get", cluster.ids[1], name=f"run/x@{committed.version}", manifest=impostor, client=99)
+    cluster.ledger.get_finished(record)
+    assert any("another checkpoint's bytes" in v for v in cluster.violations), cluster.violations
+
+
+class ReturnsTheOldest(NodeCore):
+    """Bug: `get NAME` returns the oldest version."""
+
+    def _on_get(self, now, cmd):
+        super()._on_get(now, ev.GetCommand(cmd.client, cmd.spec if "@" in cmd.spec else cmd.spec + "@1"))
+
+    _HANDLERS = {**NodeCore._HANDLERS, ev.GetCommand: _on_get}
+
+
+def test_a_get_of_the_latest_that_returns_an_older_version_is_caught():
+    cluster = Cluster(4, seed=24, core_class=ReturnsTheOldest)
+    for seed in (1, 2):
+        [put] = cluster.wait(cluster.put(cluster.ids[0], "run/x", one_file(4, seed=seed)))
+        assert put.ok
+    [get] = cluster.wait(cluster.get(cluster.ids[1], "run/x"))
+    assert get.ok
+    assert any("older than" in v for v in cluster.violations), cluster.violations
+
+
+def test_an_inventory_that_lists_a_piece_its_disk_lost_is_caught_after_the_next_fault():
+    cluster = Cluster(5, seed=25)
+    [put] = cluster.wait(cluster.put(cluster.ids[0], "run/a", one_file(8)))
+    pid = next(iter(cluster.manifest_of(put).piece_ids()))
+    holder = cluster.holders(pid)[0]
+    del cluster.nodes[holder].disk.durable[pid]  # gone from disk, still in the core's inventory
+    assert cluster.violations == []
+    cluster.break_streams(cluster.ids[1])
+    cluster.run_for(0.1)
+    assert any("inventory lists pieces its disk does not hold" in v for v in cluster.violations), cluster.violations
+
+
+def test_training_runs_share_shards_between_steps_and_files():
+    rng = random.Random(3)
+    run = TrainingRun(rng, lambda: [FileModel.generate("m", SHARD * 20, SHARD, seed=rng.random())])
+    history = [run.next() for _ in range(30)]
+    ids = [{c.true_id for f in files for c in f.shards} for files in history]
+    assert any(a == b for i, a in enumerate(ids) for b in ids[:i])  # the very same bytes again
+    assert any(0 < len(a & b) < len(a) for i, a in enumerate(ids) for b in ids[:i])  # a next step
+    zero = model_id("zero", SHARD)
+    assert sum(zero in i for i in ids) >= 2  # all-zero shards shared by different checkpoints
+    step = history[0][0].next_step(rng, changed=0.25)
+    assert step.size == history[0][0].size and step.blake3 != history[0][0].blake3

@@ -9,6 +9,7 @@ from peerstore.core import events as ev
 from peerstore.core.get import GetOperation
 from peerstore.core.membership import boot_incarnation
 from peerstore.core.node import NodeCore
+from peerstore.core.status import StatusOperation
 from peerstore.wire import messages as msg
 from sim import chaos
 from sim.scenarios import SCENARIOS, Result, run
@@ -17,6 +18,7 @@ CI_SEEDS = (101, 102, 103, 104)
 REQUIRED = {
     "rejoin-mid-transfer", "crash-during-put", "coordinator-dies-mid-put", "partition-during-put",
     "slow-sd-card", "double-failure-get", "frozen-node", "bitrot", "disk-full", "flapping-node", "random",
+    "version-reuse-after-crash", "reput-over-rot", "disk-loss",
 }
 
 
@@ -130,6 +132,83 @@ def test_an_incarnation_that_does_not_survive_restart_is_caught(incarnation):
     results = [run("flapping-node", s, incarnation=incarnation) for s in seeds]
     assert _caught(results, "the incarnation did not survive the restart")
     assert all(run("flapping-node", s).ok for s in seeds)
+
+
+class ForgetsCounters(NodeCore):
+    """Bug: the version counters a node reserved are not reloaded when it restarts."""
+
+    def __init__(self, *args, counters=None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+class TrustsHeldPieces(NodeCore):
+    """Bug: a piece already held is acknowledged without re-verifying it (read, not hashed)."""
+
+    def store_piece(self, piece_id, handle, on_done):
+        if piece_id not in self.inventory:
+            return super().store_piece(piece_id, handle, on_done)
+
+        def loaded(t, done):
+            if done.handle is not None:
+                self.emit(ev.ReleaseHandles((done.handle,)))
+            on_done(t, True, "")
+
+        self.local(lambda tag: ev.LoadPiece(tag, piece_id), loaded)
+
+
+class IgnoresVersion(NodeCore):
+    """Bug: `get NAME@V` returns the latest version of NAME."""
+
+    def _on_get(self, now, cmd):
+        super()._on_get(now, ev.GetCommand(cmd.client, cmd.spec.split("@")[0]))
+
+    _HANDLERS = {**NodeCore._HANDLERS, ev.GetCommand: _on_get}
+
+
+class StatusFromHints(NodeCore):
+    """Bug: status counts the placement hints instead of asking who holds the pieces."""
+
+    def _on_status(self, now, cmd):
+        class FromHints(StatusOperation):
+            def _query(self, now):
+                for manifest in self.manifests.values():
+                    for (_, _, stripe), hint in zip(manifest.iter_stripes(), manifest.placement) if manifest else ():
+                        k = stripe.k
+                        for slot, node in enumerate(hint):
+                            pid = stripe.data_ids[slot // 2] if slot < 2 * k else stripe.parity_ids[slot - 2 * k]
+                            self.holders.setdefault(pid, set()).add(node)
+                self._report()
+
+        self._start_operation(now, FromHints(self, self.new_id(), cmd.client))
+
+    _HANDLERS = {**NodeCore._HANDLERS, ev.StatusCommand: _on_status}
+
+
+def test_a_version_id_reused_after_a_crash_is_caught():
+    """Issue 10 section 1: until counters were durable, this schedule gave one version two checkpoints."""
+    seeds = range(1, 4)
+    results = [run("version-reuse-after-crash", s, core_class=ForgetsCounters) for s in seeds]
+    assert all(_caught([r], "a version id was reused") for r in results), [r.violations for r in results]
+    assert all(run("version-reuse-after-crash", s).ok for s in seeds)
+
+
+def test_acknowledging_a_rotten_held_piece_is_caught_remote_and_local():
+    seeds = range(1, 7)
+    results = [run("reput-over-rot", s, core_class=TrustsHeldPieces) for s in seeds]
+    caught = [r for r in results if _caught([r], "reported tolerance")]
+    assert len(caught) == len(results), [(r.seed, r.violations) for r in results]
+    assert {("coordinator" in r.notes[0]) for r in caught} == {True, False}  # both variants ran
+    assert all(run("reput-over-rot", s).ok for s in seeds)
+
+
+def test_a_get_that_returns_another_version_is_caught():
+    seeds = range(1, 3)
+    assert _caught([run("concurrent-same-name", s, core_class=IgnoresVersion) for s in seeds], "returned version")
+
+
+def test_a_status_above_what_the_disks_hold_is_caught():
+    seeds = range(1, 4)
+    assert _caught([run("disk-loss", s, core_class=StatusFromHints) for s in seeds], "status via")
 
 
 @pytest.mark.slow
