@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from peerstore.config import GossipSettings
+from peerstore.shell.config import GossipSettings
 from peerstore.core import events as ev
 from peerstore.core.membership import CoreMembership, boot_incarnation
 from peerstore.core.node import NodeCore
@@ -34,8 +34,8 @@ from peerstore.gossip import (
     Swim,
 )
 from peerstore.core.snapshots import restore_catalog, restore_counters
-from peerstore.manifest import Manifest
-from peerstore.policy import Policy
+from peerstore.model.manifest import Manifest
+from peerstore.model.policy import Policy
 from peerstore.wire import messages as msg
 from sim.content import Content, FileModel, model_id, parity_content
 from sim.disk import FSYNC_EIO, MANIFEST_OVERHEAD, SSD, DiskModel, SimDisk

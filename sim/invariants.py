@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from peerstore.core import events as ev
-from peerstore.manifest import CatalogEntry, Manifest
+from peerstore.model.manifest import CatalogEntry, Manifest
 from sim.cluster import ClientRecord, Cluster
 from sim.ledger import claims
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from peerstore import placement
+from peerstore.model import placement
 from peerstore.core import events as ev
-from peerstore.manifest import Manifest
-from peerstore.names import VersionId, parse_spec
+from peerstore.model.manifest import Manifest
+from peerstore.model.names import VersionId, parse_spec
 
 if TYPE_CHECKING:
     from sim.cluster import ClientRecord, Cluster

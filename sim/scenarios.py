@@ -23,14 +23,14 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from peerstore import placement
+from peerstore.model import placement
 from peerstore.core import events as ev
 from peerstore.core.membership import boot_incarnation
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
 from peerstore.core.snapshots import restore_catalog
-from peerstore.manifest import Manifest
-from peerstore.policy import Policy
+from peerstore.model.manifest import Manifest
+from peerstore.model.policy import Policy
 from sim.cluster import ClientRecord, Cluster
 from sim.content import FileModel, TrainingRun
 from sim.disk import SD_CARD, SSD, DiskModel

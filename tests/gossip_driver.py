@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from peerstore.config import GossipSettings
+from peerstore.shell.config import GossipSettings
 from peerstore.gossip import (
     AppMessage,
     AppState,

@@ -18,7 +18,7 @@ from peerstore.bench.report import AGAIN, COPY_ONCE, POLICY_COPIES, PhaseResult,
 from peerstore.bench.runner import Bench, Options, Outcome
 from peerstore.bench.sources import safetensors_source, shape_for
 from peerstore.bench.throttle import DutyCycle
-from peerstore.policy import MiB, Policy
+from peerstore.model.policy import MiB, Policy
 from peerstore.testing.procs import ProcCluster
 
 

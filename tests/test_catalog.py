@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peerstore.errors import FormatError, InvalidNameError, PeerstoreError
-from peerstore.manifest import FORMAT_VERSION, Catalog, CatalogConflict, CatalogEntry, CatalogNotFound, VersionId
+from peerstore.model.manifest import FORMAT_VERSION, Catalog, CatalogConflict, CatalogEntry, CatalogNotFound, VersionId
 
 A = "aaaaaaaaaaaaaaaa"
 B = "bbbbbbbbbbbbbbbb"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from peerstore import cli
-from peerstore.config import load_config, render_config
+from peerstore.cli import commands as cli
+from peerstore.shell.config import load_config, render_config
 from peerstore.errors import UsageError
 from tests.test_client_fakenode import KEY, FakeNode, random_bytes, snapshot, write_tree
 

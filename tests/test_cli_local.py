@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from peerstore import local_cluster as lc
-from peerstore.config import load_config
+from peerstore.cli import local_cluster as lc
+from peerstore.shell.config import load_config
 from peerstore.errors import UsageError
 
 

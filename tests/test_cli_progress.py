@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from peerstore.progress import Progress, format_progress, human_duration, human_size
+from peerstore.shell.client.progress import Progress, format_progress, human_duration, human_size
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from peerstore.client import CheckpointWriter, NodeClient, is_loopback, scan_source
+from peerstore.shell.client import CheckpointWriter, NodeClient, is_loopback, scan_source
 from peerstore.errors import (
     AuthError,
     CodecError,

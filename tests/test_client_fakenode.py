@@ -21,12 +21,12 @@ import msgpack
 import trio
 
 from peerstore.ec.layout import iter_stripes
-from peerstore.manifest import Catalog, CatalogEntry, CatalogNotFound, FileEntry, Manifest, StripeEntry
-from peerstore.names import VersionId
-from peerstore.policy import Policy
+from peerstore.model.manifest import Catalog, CatalogEntry, CatalogNotFound, FileEntry, Manifest, StripeEntry
+from peerstore.model.names import VersionId
+from peerstore.model.policy import Policy
 from peerstore.wire import ConnectionClosed, HandshakeComplete, Message
 from peerstore.wire.client_protocol import entry_dict, failed, parse_put
-from peerstore.wirestream import WireStream
+from peerstore.shell.wirestream import WireStream
 
 KEY = bytes(range(32))
 NODE_ID = "0123456789abcdef"

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from peerstore import config as cfg
-from peerstore.config import (
+from peerstore.shell import config as cfg
+from peerstore.shell.config import (
     Config,
     GossipSettings,
     TransferSettings,
@@ -20,7 +20,7 @@ from peerstore.config import (
     render_example_config,
 )
 from peerstore.errors import ConfigError
-from peerstore.policy import Policy
+from peerstore.model.policy import Policy
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "ab" * 32
@@ -351,7 +351,7 @@ def all_known_keys():
 def test_example_file_is_current_loads_and_documents_every_key():
     text = (REPO / "config.example.yaml").read_text()
     assert text == render_example_config(), (
-        "config.example.yaml is stale; regenerate it with: python -c 'from peerstore.config import "
+        "config.example.yaml is stale; regenerate it with: python -c 'from peerstore.shell.config import "
         "render_example_config as r; open(\"config.example.yaml\", \"w\").write(r())'")
     assert set(flat_keys(yaml.safe_load(text))) == all_known_keys()
     lines = text.splitlines()

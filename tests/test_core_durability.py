@@ -10,7 +10,7 @@ from peerstore.core import events as ev
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
 from peerstore.core.snapshots import restore_counters
-from peerstore.policy import Policy
+from peerstore.model.policy import Policy
 from peerstore.wire import messages as msg
 from sim.cluster import Cluster
 from sim.content import FileModel

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from peerstore.core import events as ev
 from peerstore.core.settings import CoreSettings
-from peerstore.policy import Policy
+from peerstore.model.policy import Policy
 from sim.cluster import Cluster
 from sim.content import FileModel
 

@@ -1,6 +1,6 @@
 """Payload buffers: a pooled buffer is reused only once released AND no longer borrowed."""
 
-from peerstore.daemon.buffers import POOLED_MIN, Buffers, SlabPool
+from peerstore.shell.daemon.buffers import POOLED_MIN, Buffers, SlabPool
 
 
 def test_a_released_buffer_still_borrowed_is_not_reused_until_given_back():

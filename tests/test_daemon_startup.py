@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from peerstore.config import Config
-from peerstore.daemon.node import Daemon
+from peerstore.shell.config import Config
+from peerstore.shell.daemon.node import Daemon
 from peerstore.errors import FormatError
-from peerstore.identity import load_or_create_identity
-from peerstore.manifest import Catalog, CatalogEntry, VersionId, encode_counters, seal
-from peerstore.store import MetaStore
+from peerstore.shell.identity import load_or_create_identity
+from peerstore.model.manifest import Catalog, CatalogEntry, VersionId, encode_counters, seal
+from peerstore.shell.store import MetaStore
 
 KEY = bytes(range(32))
 

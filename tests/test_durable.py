@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from peerstore import durable
-from peerstore.durable import fsync_dir, fsync_file, write_file_atomic
+from peerstore.shell import durable
+from peerstore.shell.durable import fsync_dir, fsync_file, write_file_atomic
 from peerstore.errors import DiskFullError
 
 

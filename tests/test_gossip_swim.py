@@ -10,7 +10,7 @@ from collections.abc import Callable
 import msgpack
 import pytest
 
-from peerstore.config import GossipSettings
+from peerstore.shell.config import GossipSettings
 from peerstore.gossip import (
     AppMessage,
     AppState,

@@ -4,7 +4,7 @@ import re
 import pytest
 
 from peerstore.errors import FormatError, StoreError
-from peerstore.identity import NodeIdentity, load_or_create_identity
+from peerstore.shell.identity import NodeIdentity, load_or_create_identity
 
 
 def test_first_start_creates_identity_format_and_epoch_one(tmp_path):

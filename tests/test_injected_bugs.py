@@ -20,7 +20,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from peerstore.manifest import Manifest
+from peerstore.model.manifest import Manifest
 from peerstore.testing.procs import ProcCluster
 from peerstore.wire import Connection, ConnectionClosed, HandshakeComplete, Message
 from peerstore.wire import messages as msg

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from peerstore.errors import FormatError
-from peerstore.manifest import (
+from peerstore.model.manifest import (
     FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
     CatalogEntry,
@@ -20,7 +20,7 @@ from peerstore.manifest import (
     StripeEntry,
     VersionId,
 )
-from peerstore.policy import MIN_SHARD_SIZE, Policy
+from peerstore.model.policy import MIN_SHARD_SIZE, Policy
 
 NODES = tuple(f"{i:016x}" for i in range(1, 9))
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

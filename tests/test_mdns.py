@@ -7,8 +7,8 @@ import pytest
 import trio
 from zeroconf import ServiceStateChange
 
-from peerstore.daemon import mdns
-from peerstore.daemon.mdns import (
+from peerstore.shell.daemon import mdns
+from peerstore.shell.daemon.mdns import (
     SERVICE_TYPE,
     Discovered,
     Mdns,

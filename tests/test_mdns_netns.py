@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peerstore.daemon import netns_testing as nt
+from tests.support import netns as nt
 
 pytestmark = [pytest.mark.netns, pytest.mark.needs_real]
 
@@ -28,7 +28,7 @@ def netns_ready():
 
 
 def selftest(bridge, index, cluster_key, node_id):
-    argv = [sys.executable, "-m", "peerstore.daemon.mdns", "--selftest", "--cluster-key", cluster_key.hex(),
+    argv = [sys.executable, "-m", "peerstore.shell.daemon.mdns", "--selftest", "--cluster-key", cluster_key.hex(),
             "--node-id", node_id, "--name", f"h{index}", "--port", str(7000 + index),
             "--gossip-port", str(8000 + index), "--duration", str(PROCESS_SECONDS), "--log-level", "info"]
     return nt.Output(nt.run_in(bridge.host(index).ns, argv, cwd=REPO))

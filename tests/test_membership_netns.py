@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from peerstore.config import generate_cluster_key
-from peerstore.daemon import netns_testing as nt
+from peerstore.shell.config import generate_cluster_key
+from tests.support import netns as nt
 from peerstore.testing.make_checkpoint import write_safetensors
 
 pytestmark = [pytest.mark.netns, pytest.mark.needs_real]

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerstore.errors import InvalidNameError
-from peerstore.names import (
+from peerstore.model.names import (
     MAX_FILES,
     MAX_NAME_LEN,
     MAX_PATH_LEN,

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from peerstore.daemon.metrics import ERROR_KINDS, Metrics
+from peerstore.shell.daemon.metrics import ERROR_KINDS, Metrics
 
 pytestmark = pytest.mark.needs_real  # in CI as root, a missing tool fails the run (tests/conftest.py)
 
@@ -169,7 +169,7 @@ def test_rules_and_dashboard_use_only_metrics_a_node_exports(source):
 
 
 def test_every_error_kind_the_daemon_counts_is_exported_from_the_start():
-    counted = {kind for path in (REPO / "peerstore" / "daemon").glob("*.py")
+    counted = {kind for path in (REPO / "peerstore" / "shell" / "daemon").glob("*.py")
                for kind in re.findall(r'errors\.labels\("(\w+)"\)', path.read_text())}
     assert counted, "found no errors.labels(...) calls in peerstore/daemon"
     assert counted - set(ERROR_KINDS) == set(), "add these to ERROR_KINDS so alerts see their first increase"
@@ -200,7 +200,7 @@ def test_dashboard_layout_is_well_formed():
 
 
 def test_shipped_targets_are_the_metrics_ports_of_a_five_node_local_cluster():
-    local_cluster = pytest.importorskip("peerstore.local_cluster")
+    local_cluster = pytest.importorskip("peerstore.cli.local_cluster")
     expected = {f"127.0.0.1:{node.metrics_port}" for node in local_cluster.plan_cluster(5)}
     groups = json.loads((DEPLOY / "prometheus" / "targets.json").read_text())
     assert {target for group in groups for target in group["targets"]} == expected
@@ -221,13 +221,13 @@ def daemon_log_lines() -> list[str]:
     """What the daemon really writes to stderr, made by its own logging setup."""
     code = textwrap.dedent("""
         import logging
-        from peerstore.daemon.main import setup_logging
+        from peerstore.shell.daemon.main import setup_logging
         setup_logging("info")
         logging.getLogger("peerstore.node").warning("cluster_key is the example key")
         try:
             raise OSError("disk on fire")
         except OSError:
-            logging.getLogger("peerstore.daemon.node").exception("store failed")
+            logging.getLogger("peerstore.shell.daemon.node").exception("store failed")
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TOOL_SECONDS)
     assert result.returncode == 0, result.stderr
@@ -268,7 +268,7 @@ def test_promtail_finds_local_cluster_logs_and_names_the_node():
 
 ENDPOINT = textwrap.dedent("""
     import sys
-    from peerstore.daemon.metrics import ERROR_KINDS, Metrics
+    from peerstore.shell.daemon.metrics import ERROR_KINDS, Metrics
 
     metrics = Metrics()
     metrics.snapshot.snapshot = {

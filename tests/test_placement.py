@@ -10,9 +10,9 @@ import statistics
 import blake3
 import pytest
 
-from peerstore import placement
+from peerstore.model import placement
 from peerstore.errors import FormatError, PlacementError
-from peerstore.placement import (
+from peerstore.model.placement import (
     StripePlacement,
     Template,
     best_tolerance,

@@ -1,7 +1,7 @@
 """Exact tolerance, and the proofs behind the best-achievable table.
 
 Everything here is checked against brute force written independently of
-peerstore.placement: a stripe is readable while at least k positions have a live holder.
+peerstore.model.placement: a stripe is readable while at least k positions have a live holder.
 """
 
 import itertools
@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from peerstore.placement import (
+from peerstore.model.placement import (
     MAX_POSITIONS,
     best_tolerance,
     checkpoint_tolerance,

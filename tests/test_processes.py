@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from peerstore.manifest import Manifest
-from peerstore.store import MetaStore
+from peerstore.model.manifest import Manifest
+from peerstore.shell.store import MetaStore
 from peerstore.testing.make_checkpoint import write_checkpoint_dir, write_safetensors
 from peerstore.testing.procs import ProcCluster, free_port, wait_for
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from peerstore.manifest import Manifest
+from peerstore.model.manifest import Manifest
 from peerstore.testing.procs import ProcCluster
 from tests.test_processes import MiB, model, stored_manifest
 

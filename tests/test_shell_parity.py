@@ -11,7 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from peerstore.config import GossipSettings, TransferSettings, config_from_mapping
+from peerstore.shell.config import GossipSettings, TransferSettings, config_from_mapping
 from peerstore.core.settings import CoreSettings
 from peerstore.errors import CodecError
 from peerstore.gossip import Member, MemberState, NeedSeeds, SendDatagram, SendStream, Swim
@@ -32,7 +32,7 @@ def at(i: int) -> tuple[str, int]:
 
 
 def test_the_daemon_encodes_and_decodes_gossip_with_the_shared_codec():
-    from peerstore.daemon import gossip as daemon_gossip
+    from peerstore.shell.daemon import gossip as daemon_gossip
 
     for name in ("encode", "decode", "encode_datagram", "decode_datagram"):
         assert getattr(daemon_gossip, name) is getattr(gm, name)
@@ -207,7 +207,7 @@ def test_two_simulated_islands_that_forgot_each_other_merge_through_their_seeds(
 
 
 def test_a_default_config_gives_the_daemon_the_simulators_core_settings():
-    from peerstore.daemon.node import core_settings
+    from peerstore.shell.daemon.node import core_settings
 
     config = config_from_mapping({"data_dir": "/d", "cluster_key": "ab" * 32}, "x.yaml")
     assert core_settings(config) == CoreSettings(policy=config.policy)

@@ -14,7 +14,7 @@ from peerstore.core.membership import CoreMembership, boot_incarnation
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
 from peerstore.gossip import AppState, MemberChanged, MemberState
-from peerstore.policy import MiB, Policy
+from peerstore.model.policy import MiB, Policy
 from sim.cluster import ClientRecord, Cluster
 from sim.content import FileModel, TrainingRun, model_id
 from sim.disk import SD_CARD

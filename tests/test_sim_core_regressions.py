@@ -7,8 +7,8 @@ import random
 from peerstore.core import events as ev
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
-from peerstore.manifest import Catalog, CatalogEntry, FileEntry, Manifest, StripeEntry, VersionId
-from peerstore.policy import Policy
+from peerstore.model.manifest import Catalog, CatalogEntry, FileEntry, Manifest, StripeEntry, VersionId
+from peerstore.model.policy import Policy
 from peerstore.wire import messages as msg
 
 SHARD = 64 * 1024

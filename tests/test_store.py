@@ -14,7 +14,7 @@ import blake3
 import pytest
 
 from peerstore.errors import CorruptPieceError, DiskFullError, PieceNotFoundError, StoreError
-from peerstore.store import PieceStore
+from peerstore.shell.store import PieceStore
 
 
 def make_piece(size: int, seed: int = 0) -> tuple[bytes, bytes]:
@@ -348,7 +348,7 @@ def test_failed_durable_step_leaves_nothing(
     def fail(_target):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(f"peerstore.store.pieces.{step}", fail)
+    monkeypatch.setattr(f"peerstore.shell.store.pieces.{step}", fail)
     with pytest.raises(expected):
         store.write(pid, data)
     assert not store.has(pid)

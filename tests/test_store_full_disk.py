@@ -12,7 +12,7 @@ import blake3
 import pytest
 
 from peerstore.errors import DiskFullError
-from peerstore.store import MetaStore, PieceStore
+from peerstore.shell.store import MetaStore, PieceStore
 
 pytestmark = pytest.mark.needs_real  # in CI as root, a skip fails the run (tests/conftest.py)
 

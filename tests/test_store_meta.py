@@ -12,7 +12,7 @@ import blake3
 import pytest
 
 from peerstore.errors import CorruptPieceError, StoreError
-from peerstore.store import MetaStore
+from peerstore.shell.store import MetaStore
 
 
 def make_manifest(size: int, seed: int = 0) -> tuple[bytes, bytes]:
@@ -104,7 +104,7 @@ def test_catalog_save_is_atomic_when_it_fails_midway(meta: MetaStore, tmp_path: 
     def fail(*_args):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    target = "peerstore.durable.fsync_file" if failing == "fsync_file" else "peerstore.durable.os.replace"
+    target = "peerstore.shell.durable.fsync_file" if failing == "fsync_file" else "peerstore.shell.durable.os.replace"
     monkeypatch.setattr(target, fail)
     with pytest.raises(OSError):
         meta.save_catalog(b"new")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peerstore.bench.commands import Finished, Running, run, sync
-from peerstore.policy import Policy
+from peerstore.model.policy import Policy
 
 
 @dataclass(frozen=True)

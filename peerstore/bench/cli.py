@@ -18,8 +18,8 @@ from peerstore.bench.codec import codec_line, codec_throughput
 from peerstore.bench.commands import can_drop_page_cache
 from peerstore.bench.report import aims, aims_block, notes_block, phase_json, phase_table, sweep_table
 from peerstore.bench.runner import PHASES, Bench, Options, log
-from peerstore.config import format_size, parse_size
-from peerstore.policy import MAX_SHARD_SIZE, MIN_SHARD_SIZE, MiB
+from peerstore.shell.config import format_size, parse_size
+from peerstore.model.policy import MAX_SHARD_SIZE, MIN_SHARD_SIZE, MiB
 
 SWEEP_DEFAULT_SIZE = 512 * 1000 * 1000
 MAX_NODES = 16

@@ -10,7 +10,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from peerstore.policy import KiB, MiB
+from peerstore.model.policy import KiB, MiB
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

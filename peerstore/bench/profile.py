@@ -75,7 +75,7 @@ def _thread(stack: str) -> str:
 
 
 # Frames every stack of the main thread shares; they say nothing about where time goes.
-_ENTRY_FRAMES = ("<module> (", "run_node (", "cmd_node (", "main (peerstore/cli.py", "_run_code (",
+_ENTRY_FRAMES = ("<module> (", "run_node (", "cmd_node (", "main (peerstore/cli/commands.py", "_run_code (",
                  "_run_module_as_main (")
 
 

@@ -26,8 +26,8 @@ from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult
 from peerstore.bench.sources import checkpoint_dir_source, safetensors_source, same_bytes, source_bytes
 from peerstore.bench.stored import replica_pair, share_times, stored_manifest
 from peerstore.bench.throttle import DutyCycle
-from peerstore.config import format_size
-from peerstore.policy import MiB, Policy
+from peerstore.shell.config import format_size
+from peerstore.model.policy import MiB, Policy
 from peerstore.testing.procs import NodeProc, ProcCluster, wait_for
 
 PHASES = ("baselines", "put", "put_stream", "get", "get_1down", "get_2down", "dir", "slow", "concurrent")

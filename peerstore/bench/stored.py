@@ -8,7 +8,7 @@ from typing import Any
 
 import blake3
 
-from peerstore.manifest import Manifest
+from peerstore.model.manifest import Manifest
 from peerstore.testing.procs import ProcCluster
 
 

@@ -17,7 +17,7 @@ from peerstore.core.messenger import Messenger
 from peerstore.core.settings import CoreSettings
 from peerstore.core.snapshots import SnapshotWriter
 from peerstore.errors import FormatError
-from peerstore.manifest import Catalog, VersionId, encode_counters, seal
+from peerstore.model.manifest import Catalog, VersionId, encode_counters, seal
 from peerstore.wire import messages as msg
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-from peerstore.manifest import CatalogEntry, Manifest
+from peerstore.model.manifest import CatalogEntry, Manifest
 from peerstore.wire.messages import Message
 
 Handle = Hashable  # opaque payload reference owned by the shell

@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from peerstore import placement
+from peerstore.model import placement
 from peerstore.core import events as ev
 from peerstore.core.manifests import ManifestFetch
 from peerstore.core.context import NodeContext, Operation
 from peerstore.errors import FormatError
-from peerstore.manifest import CatalogEntry, CatalogNotFound, Manifest, StripeEntry
+from peerstore.model.manifest import CatalogEntry, CatalogNotFound, Manifest, StripeEntry
 from peerstore.wire import messages as msg
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable
 from peerstore.core import events as ev
 from peerstore.ec import piece_id
 from peerstore.errors import FormatError
-from peerstore.manifest import Manifest
+from peerstore.model.manifest import Manifest
 from peerstore.wire import messages as msg
 
 if TYPE_CHECKING:

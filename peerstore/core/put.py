@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from peerstore import placement
+from peerstore.model import placement
 from peerstore.core import events as ev
 from peerstore.core.broadcast import Broadcast
 from peerstore.core.context import NodeContext, Operation
 from peerstore.ec import iter_stripes
 from peerstore.errors import PeerstoreError
-from peerstore.manifest import (
+from peerstore.model.manifest import (
     Catalog,
     CatalogEntry,
     FileEntry,

@@ -1,6 +1,6 @@
 """Tunables of the node core, and the one place their defaults are written.
 
-The config's ``transfer:`` section (``peerstore.config.TransferSettings``) takes its
+The config's ``transfer:`` section (``peerstore.shell.config.TransferSettings``) takes its
 defaults from here, and the daemon builds its core's settings with
 :meth:`CoreSettings.from_config`. So a simulated node with ``CoreSettings()`` runs what a
 daemon with a default config runs.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from peerstore.policy import MiB, Policy
+from peerstore.model.policy import MiB, Policy
 
 REQUEST_TIMEOUT = 10.0
 

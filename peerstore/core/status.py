@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from peerstore import placement
+from peerstore.model import placement
 from peerstore.core import events as ev
 from peerstore.core.manifests import ManifestFetch
 from peerstore.core.context import NodeContext, Operation
-from peerstore.manifest import CatalogEntry, Manifest
+from peerstore.model.manifest import CatalogEntry, Manifest
 from peerstore.wire import messages as msg
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import blake3
 
-from peerstore.config import parse_size
+from peerstore.shell.config import parse_size
 
 CHUNK = 8 * 1024 * 1024
 BF16 = 2  # bytes per element

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
-from peerstore.config import generate_cluster_key
+from peerstore.shell.config import generate_cluster_key
 
 
 def free_port() -> int:

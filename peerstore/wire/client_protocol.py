@@ -33,7 +33,7 @@ from typing import Any
 import msgpack
 
 from peerstore.errors import CodecError
-from peerstore.names import MAX_FILES
+from peerstore.model.names import MAX_FILES
 
 DATA_CHUNK = 4 * 1024 * 1024
 MAX_TEXT = 4096

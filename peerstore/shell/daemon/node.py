@@ -19,25 +19,25 @@ from typing import Any
 import blake3
 import trio
 
-from peerstore.config import Config
+from peerstore.shell.config import Config
 from peerstore.core import events as ev
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
-from peerstore.daemon.buffers import Buffers
-from peerstore.daemon.clients import ClientSession
-from peerstore.daemon.gossip import Membership
-from peerstore.daemon.metrics import Metrics
-from peerstore.daemon.peers import DIAL_ERRORS, Peers
+from peerstore.shell.daemon.buffers import Buffers
+from peerstore.shell.daemon.clients import ClientSession
+from peerstore.shell.daemon.gossip import Membership
+from peerstore.shell.daemon.metrics import Metrics
+from peerstore.shell.daemon.peers import DIAL_ERRORS, Peers
 from peerstore.ec import decode_data
 from peerstore.errors import AuthError, CodecError, DiskFullError, FormatError, PeerstoreError, StoreError
-from peerstore.identity import NodeIdentity
+from peerstore.shell.identity import NodeIdentity
 from peerstore.core.snapshots import restore_catalog, restore_counters
-from peerstore.manifest import Catalog
-from peerstore.netaddr import detect_address
-from peerstore.store import MetaStore, PieceStore
+from peerstore.model.manifest import Catalog
+from peerstore.shell.netaddr import detect_address
+from peerstore.shell.store import MetaStore, PieceStore
 from peerstore.wire import client_protocol as cp
 from peerstore.wire import messages as msg
-from peerstore.wirestream import Frame, PeerClosed, WireStream, tune_socket
+from peerstore.shell.wirestream import Frame, PeerClosed, WireStream, tune_socket
 
 log = logging.getLogger("peerstore.node")
 
@@ -146,7 +146,7 @@ class Daemon:
 
     async def _run_mdns(self) -> None:
         """Advertise ourselves on the LAN and seed membership with the nodes we find."""
-        from peerstore.daemon.mdns import Mdns
+        from peerstore.shell.daemon.mdns import Mdns
 
         assert self.membership is not None and self.listen_port is not None
         specific = self.config.advertise_host or (

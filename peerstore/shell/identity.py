@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from peerstore.durable import fsync_dir, write_file_atomic
+from peerstore.shell.durable import fsync_dir, write_file_atomic
 from peerstore.errors import FormatError, StoreError
 
 DATA_FORMAT_VERSION = 1

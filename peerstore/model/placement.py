@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import blake3
 
 from peerstore.errors import FormatError, PlacementError
-from peerstore.policy import MAX_PARITY, MAX_STRIPE_WIDTH
+from peerstore.model.policy import MAX_PARITY, MAX_STRIPE_WIDTH
 
 # Input bounds for the tolerance functions. A stripe has k + p <= 32 positions under any
 # valid policy. Holder sets may be larger than 2 (identical pieces pass the union of their

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from peerstore.config import CLUSTER_KEY_BYTES, render_config
-from peerstore.durable import write_file_atomic
+from peerstore.shell.config import CLUSTER_KEY_BYTES, render_config
+from peerstore.shell.durable import write_file_atomic
 from peerstore.errors import UsageError
 
 MAX_NODES = 64

@@ -7,7 +7,7 @@ Layout under the store root::
     counters.bin         version counters this node reserved (never handed out twice)
     quarantine/          manifests found corrupt
 
-The bytes are opaque here; peerstore.manifest owns their format.
+The bytes are opaque here; peerstore.model.manifest owns their format.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import blake3
 
-from peerstore.durable import write_file_atomic
+from peerstore.shell.durable import write_file_atomic
 from peerstore.errors import CorruptPieceError
-from peerstore.store.pieces import DIR_MODE, FILE_MODE, make_dir_durably, check_id, is_id_name, quarantine_file
+from peerstore.shell.store.pieces import DIR_MODE, FILE_MODE, make_dir_durably, check_id, is_id_name, quarantine_file
 
 CATALOG_NAME = "catalog.bin"
 COUNTERS_NAME = "counters.bin"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from peerstore.config import GossipSettings
+from peerstore.shell.config import GossipSettings
 from peerstore.core.membership import CoreMembership, boot_incarnation
 from peerstore.errors import CodecError
 from peerstore.gossip import (
@@ -38,10 +38,10 @@ from peerstore.gossip import (
 )
 from peerstore.gossip.messages import decode, decode_datagram, encode, encode_datagram
 from peerstore.wire import ReplayFilter, open_datagram, seal_datagram
-from peerstore.wirestream import PeerClosed, dial
+from peerstore.shell.wirestream import PeerClosed, dial
 
 if TYPE_CHECKING:
-    from peerstore.daemon.node import Daemon
+    from peerstore.shell.daemon.node import Daemon
 
 log = logging.getLogger("peerstore.gossip")
 

@@ -1,7 +1,7 @@
 """The ``peerstore`` command: run a node, or store, fetch, list and remove checkpoints.
 
 Every subcommand except ``node``, ``init`` and ``local`` talks to one node over the
-client protocol (:mod:`peerstore.client`). Errors print one line, ``peerstore: REASON``,
+client protocol (:mod:`peerstore.shell.client`). Errors print one line, ``peerstore: REASON``,
 on stderr and set the exit code; a traceback means a bug.
 """
 
@@ -20,9 +20,9 @@ from typing import Any
 import trio
 import yaml
 
-from peerstore.client import DEFAULT_TIMEOUT, NodeClient
-from peerstore.config import Config, config_from_mapping, load_config, parse_host_port, render_config
-from peerstore.durable import write_file_atomic
+from peerstore.shell.client import DEFAULT_TIMEOUT, NodeClient
+from peerstore.shell.config import Config, config_from_mapping, load_config, parse_host_port, render_config
+from peerstore.shell.durable import write_file_atomic
 from peerstore.errors import (
     ConfigError,
     InvalidNameError,
@@ -31,9 +31,9 @@ from peerstore.errors import (
     PeerstoreError,
     UsageError,
 )
-from peerstore.names import parse_spec
-from peerstore.netaddr import detect_address
-from peerstore.progress import Progress, human_size
+from peerstore.model.names import parse_spec
+from peerstore.shell.netaddr import detect_address
+from peerstore.shell.client.progress import Progress, human_size
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -373,10 +373,10 @@ def _rate(nbytes: int, seconds: float) -> str:
 def cmd_node(args: argparse.Namespace) -> int:
     config = load_config(resolve_config_path(args.config, include_local=False))
     try:
-        from peerstore.daemon.main import run_node
+        from peerstore.shell.daemon.main import run_node
     except ImportError as err:
-        if err.name and err.name.startswith("peerstore.daemon"):
-            raise PeerstoreError("this installation has no node daemon (peerstore.daemon.main is missing)") from None
+        if err.name and err.name.startswith("peerstore.shell.daemon"):
+            raise PeerstoreError("this installation has no node daemon (peerstore.shell.daemon.main is missing)") from None
         raise
     return int(run_node(config) or 0)
 
@@ -507,7 +507,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from peerstore.local_cluster import run_local
+    from peerstore.cli.local_cluster import run_local
 
     return run_local(args.count, base_port=args.base_port, data=Path(args.data),
                      metrics_base_port=args.metrics_base_port)

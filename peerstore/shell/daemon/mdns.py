@@ -13,7 +13,7 @@ Failure to use multicast never stops a node: ``open_zeroconf`` logs a warning sa
 to do and the advertiser, ``discover`` and ``Mdns`` then do nothing (static ``seeds:`` still
 work). A daemon with ``mdns: false`` simply never constructs them.
 
-``python -m peerstore.daemon.mdns --selftest ...`` advertises a fake node and prints what it
+``python -m peerstore.shell.daemon.mdns --selftest ...`` advertises a fake node and prints what it
 discovers as JSON lines; the network-namespace tests drive it.
 """
 
@@ -713,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``--duration`` seconds; SIGUSR1 re-reads the host's addresses and re-advertises."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m peerstore.daemon.mdns", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m peerstore.shell.daemon.mdns", description=main.__doc__)
     parser.add_argument("--selftest", action="store_true", required=True)
     parser.add_argument("--cluster-key", required=True, help="cluster key as hex")
     parser.add_argument("--node-id", required=True)

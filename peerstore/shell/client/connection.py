@@ -1,6 +1,6 @@
 """The client's connection to one node: connect, authenticate, and bound every wait.
 
-A :class:`NodeWire` is the shared :class:`~peerstore.wirestream.WireStream` with an idle
+A :class:`NodeWire` is the shared :class:`~peerstore.shell.wirestream.WireStream` with an idle
 bound: a node that says nothing for ``timeout`` seconds -- neither taking our bytes nor
 sending any -- is reported as silent, never waited on forever. Its failures are
 :class:`~peerstore.errors.NodeUnreachable` errors that say what to check.
@@ -15,7 +15,7 @@ import socket
 import trio
 
 from peerstore.errors import AuthError, ConnectionLost, NodeUnreachable
-from peerstore.wirestream import WireStream, why
+from peerstore.shell.wirestream import WireStream, why
 
 DEFAULT_TIMEOUT = 60.0
 MAX_CONNECT_TIMEOUT = 20.0  # connect + handshake; a live node answers in milliseconds

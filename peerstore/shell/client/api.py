@@ -2,9 +2,9 @@
 :mod:`peerstore.wire.client_protocol` for the conversation shapes).
 
 :class:`NodeClient` puts (streaming the files, or naming them to a node on this
-machine), gets (through a :class:`~peerstore.client.writer.CheckpointWriter`), lists,
+machine), gets (through a :class:`~peerstore.shell.client.writer.CheckpointWriter`), lists,
 removes and asks for status. Every wait on the network is bounded by the connection
-(:mod:`peerstore.client.connection`).
+(:mod:`peerstore.shell.client.connection`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import blake3
 import trio
 
-from peerstore.client.connection import DEFAULT_TIMEOUT, NodeWire, is_loopback, open_wire, where_of
-from peerstore.client.sources import Source, read_chunk, scan_source
-from peerstore.client.writer import CheckpointWriter, check_output
+from peerstore.shell.client.connection import DEFAULT_TIMEOUT, NodeWire, is_loopback, open_wire, where_of
+from peerstore.shell.client.sources import Source, read_chunk, scan_source
+from peerstore.shell.client.writer import CheckpointWriter, check_output
 from peerstore.errors import (
     CodecError,
     ConnectionLost,
@@ -28,9 +28,9 @@ from peerstore.errors import (
     PeerstoreError,
     UsageError,
 )
-from peerstore.manifest import MAX_MANIFEST_BYTES, Catalog, CatalogEntry, CatalogNotFound, Manifest
-from peerstore.names import VersionId, parse_spec, parse_version_selector, validate_name, validate_paths
-from peerstore.progress import Progress
+from peerstore.model.manifest import MAX_MANIFEST_BYTES, Catalog, CatalogEntry, CatalogNotFound, Manifest
+from peerstore.model.names import VersionId, parse_spec, parse_version_selector, validate_name, validate_paths
+from peerstore.shell.client.progress import Progress
 from peerstore.wire import client_protocol as cp
 from peerstore.wire import ConnectionClosed, Message
 from peerstore.wire.client_protocol import DATA_CHUNK, put_request

@@ -1,4 +1,4 @@
-"""How fast the simulator runs: ``python -m sim.bench``.
+"""How fast the simulator runs: ``python -m sim.speed``.
 
 - a 5-node put and get of a 2.5 GB checkpoint in 4 MiB shards over simulated 1 GbE
   (target: at least 100x faster than real time);
@@ -17,7 +17,7 @@ import sys
 import time
 
 from peerstore.core.settings import CoreSettings
-from peerstore.policy import MiB, Policy
+from peerstore.model.policy import MiB, Policy
 from sim.cluster import Cluster
 from sim.content import FileModel
 
@@ -51,7 +51,7 @@ def many_nodes(nodes: int = 1000, seconds: float = 60.0) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sim.speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["big", "nodes"], help="run one of the two")
     parser.add_argument("--nodes", type=int, default=1000, help="gossiping nodes (default 1000)")
     parser.add_argument("--seconds", type=float, default=60.0, help="virtual seconds of gossip (default 60)")

@@ -16,15 +16,15 @@ import blake3
 import trio
 
 from peerstore.core import events as ev
-from peerstore.daemon.sources import ClientStream, FileHasher, LocalFiles, SourceError, encode_stripe
+from peerstore.shell.daemon.sources import ClientStream, FileHasher, LocalFiles, SourceError, encode_stripe
 from peerstore.errors import CodecError
 from peerstore.wire import client_protocol as cp
-from peerstore.wirestream import Frame, PeerClosed, WireStream
+from peerstore.shell.wirestream import Frame, PeerClosed, WireStream
 
 if TYPE_CHECKING:
-    from peerstore.daemon.node import Daemon
+    from peerstore.shell.daemon.node import Daemon
 
-log = logging.getLogger("peerstore.client")
+log = logging.getLogger("peerstore.shell.client")
 
 KEEP_ALIVE = 5.0  # seconds of silence before a progress frame is sent anyway
 ENDED = (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError)

@@ -15,10 +15,10 @@ from pathlib import Path, PurePosixPath
 
 import blake3
 
-from peerstore.durable import fsync_dir, fsync_file
+from peerstore.shell.durable import fsync_dir, fsync_file
 from peerstore.errors import CodecError, DiskFullError, FormatError, PeerstoreError, TargetExists
-from peerstore.manifest import Manifest
-from peerstore.names import validate_paths
+from peerstore.model.manifest import Manifest
+from peerstore.model.names import validate_paths
 
 TEMP_PREFIX = ".peerstore-tmp-"
 

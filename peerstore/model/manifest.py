@@ -19,7 +19,7 @@ import blake3
 import msgpack
 
 from peerstore.errors import FormatError, InvalidNameError, PeerstoreError
-from peerstore.names import (
+from peerstore.model.names import (
     MAX_COUNTER,
     MAX_FILES,
     MAX_NAME_LEN,
@@ -32,7 +32,7 @@ from peerstore.names import (
     validate_name,
     validate_paths,
 )
-from peerstore.policy import MAX_PARITY, MAX_STRIPE_WIDTH, Policy
+from peerstore.model.policy import MAX_PARITY, MAX_STRIPE_WIDTH, Policy
 
 __all__ = [
     "FORMAT_VERSION",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("peerstore.netaddr")
+log = logging.getLogger("peerstore.shell.netaddr")
 
 
 def detect_address(listen_host: str = "0.0.0.0") -> str:

@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import blake3
 
-from peerstore.durable import fsync_dir, fsync_file
+from peerstore.shell.durable import fsync_dir, fsync_file
 from peerstore.errors import CorruptPieceError, DiskFullError, PieceNotFoundError, StoreError
 
 PIECE_ID_LEN = 32

@@ -14,10 +14,10 @@ from typing import Iterator
 
 import trio
 
-from peerstore.config import EXAMPLE_CLUSTER_KEY, Config
-from peerstore.daemon.node import Daemon
+from peerstore.shell.config import EXAMPLE_CLUSTER_KEY, Config
+from peerstore.shell.daemon.node import Daemon
 from peerstore.errors import PeerstoreError, StoreError
-from peerstore.identity import load_or_create_identity
+from peerstore.shell.identity import load_or_create_identity
 
 log = logging.getLogger("peerstore.node")
 
@@ -84,6 +84,6 @@ def run_node(config: Config) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from peerstore.config import load_config
+    from peerstore.shell.config import load_config
 
     sys.exit(run_node(load_config(Path(os.environ.get("PEERSTORE_CONFIG", "config.yaml")))))

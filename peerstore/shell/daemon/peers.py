@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 import trio
 
 from peerstore.errors import AuthError, CodecError
-from peerstore.wirestream import Frame, WireStream, dial
+from peerstore.shell.wirestream import Frame, WireStream, dial
 
 log = logging.getLogger("peerstore.peers")
 

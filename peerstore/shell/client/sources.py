@@ -16,7 +16,7 @@ from typing import Any
 import blake3
 
 from peerstore.errors import UsageError
-from peerstore.names import MAX_FILES
+from peerstore.model.names import MAX_FILES
 
 @dataclass(frozen=True)
 class SourceFile:

@@ -6,10 +6,10 @@ place), ``connection`` (connect, authenticate, bound every wait), ``api``
 (:class:`NodeClient`: put, get, ls, rm, status). The public names are re-exported here.
 """
 
-from peerstore.client.api import NodeClient, connect, entry_from_dict
-from peerstore.client.connection import DEFAULT_TIMEOUT, LAUNCH_HINT, NodeWire, is_loopback, open_wire
-from peerstore.client.sources import Source, SourceFile, scan_source
-from peerstore.client.writer import TEMP_PREFIX, CheckpointWriter, check_output, output_target
+from peerstore.shell.client.api import NodeClient, connect, entry_from_dict
+from peerstore.shell.client.connection import DEFAULT_TIMEOUT, LAUNCH_HINT, NodeWire, is_loopback, open_wire
+from peerstore.shell.client.sources import Source, SourceFile, scan_source
+from peerstore.shell.client.writer import TEMP_PREFIX, CheckpointWriter, check_output, output_target
 from peerstore.errors import NodeUnreachable, NotFoundError, OutcomeUnknownError, TargetExists, UsageError
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""The data model: policy, names, manifests, the catalog, placement (pure)."""

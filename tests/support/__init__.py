@@ -1,0 +1,1 @@
+"""Test infrastructure: network namespaces, the fake node, the NodeCore driver."""
