@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from peerstore.shell.config import GossipSettings
 from peerstore.core import events as ev
-from peerstore.core.membership import CoreMembership, boot_incarnation
+from peerstore.core.membership import MembershipBridge, boot_incarnation
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
 from peerstore.errors import CodecError, FormatError, PeerstoreError
@@ -200,7 +200,7 @@ class Cluster:
                 node_id=node.node_id, addr=node.addr, incarnation=incarnation, settings=self.gossip,
                 rng=self.seeds.rng("swim", node.node_id, node.boot), now=now,
             )
-            node.glue = CoreMembership(node.node_id)
+            node.glue = MembershipBridge(node.node_id)
             if node.core is not None:
                 node.glue.publish_catalog(node.core, node.swim)
             self._swim_effects(node, node.swim.start(now, seeds))

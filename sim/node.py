@@ -1,7 +1,7 @@
 """One simulated machine: its process state, disk, and the sans-IO machines it runs.
 
 A node runs a ``NodeCore`` and (with gossip membership) a ``Swim`` machine, glued by
-``peerstore.core.membership.CoreMembership`` exactly as the daemon glues them. Its
+``peerstore.core.membership.MembershipBridge`` exactly as the daemon glues them. Its
 process can be running, dead (``running`` false; the host may still be powered) or
 frozen: a frozen process (SIGSTOP, or an event loop stalled by a long computation)
 takes in nothing; what arrives meanwhile waits in a backlog and is handled, in arrival
@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from peerstore.core.membership import CoreMembership
+from peerstore.core.membership import MembershipBridge
 from peerstore.core.node import NodeCore
 from peerstore.gossip import Swim
 from sim.content import Content
@@ -37,7 +37,7 @@ class SimNode:
     backlog_datagrams: int = 0
     core: NodeCore | None = None
     swim: Swim | None = None
-    glue: CoreMembership | None = None
+    glue: MembershipBridge | None = None
     handles: dict[int, Content] = field(default_factory=dict)
     # requests sent and not yet answered: peer -> req -> connection generation
     outstanding: dict[str, dict[int, int]] = field(default_factory=dict)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from peerstore.core import events as ev
-from peerstore.core.membership import CoreMembership, boot_incarnation
+from peerstore.core.membership import MembershipBridge, boot_incarnation
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
 from peerstore.gossip import AppState, MemberChanged, MemberState
@@ -162,7 +162,7 @@ class FakeSwim:
 
 def test_core_membership_sends_members_changed_only_when_the_alive_set_moves():
     core = NodeCore("aa" * 8, CoreSettings(), random.Random(1))
-    glue = CoreMembership(core.node_id)
+    glue = MembershipBridge(core.node_id)
     swim = FakeSwim({core.node_id, "bb" * 8})
     change = MemberChanged("bb" * 8, None, MemberState.ALIVE, None)  # type: ignore[arg-type]
     glue.on_swim_effects(0.0, core, swim, [change])
@@ -176,7 +176,7 @@ def test_core_membership_sends_members_changed_only_when_the_alive_set_moves():
 
 def test_core_membership_publishes_the_catalog_digest_and_syncs_on_a_difference():
     core = NodeCore("aa" * 8, CoreSettings(), random.Random(1), alive=frozenset({"bb" * 8}))
-    glue = CoreMembership(core.node_id)
+    glue = MembershipBridge(core.node_id)
     swim = FakeSwim({core.node_id})
     glue.publish_catalog(core, swim)
     assert swim.state == core.catalog.digest()

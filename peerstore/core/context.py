@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from peerstore.core import events as ev
-from peerstore.core.broadcast import Broadcast
+from peerstore.core.fanout import Fanout
 from peerstore.core.messenger import Messenger
 from peerstore.core.settings import CoreSettings
 from peerstore.core.snapshots import SnapshotWriter
@@ -174,7 +174,7 @@ class NodeContext(Messenger):
         """Persist ``delta`` locally, send it to every alive peer; ``on_done(now, acks)``
         once every peer answered or timed out (acks counts durable copies, ours included)."""
         blob = delta.encode()
-        Broadcast(
+        Fanout(
             self,
             peers=sorted(self.alive - {self.node_id}),
             make=lambda req: msg.CatalogUpdate(req, blob=blob),
@@ -198,7 +198,7 @@ class NodeContext(Messenger):
             return True
 
         blob = self.catalog.encode()
-        Broadcast(
+        Fanout(
             self,
             peers=sorted(self.alive - {self.node_id}) if peers is None else peers,
             make=lambda req: msg.SyncCatalog(req, blob=blob),

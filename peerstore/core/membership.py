@@ -1,7 +1,7 @@
 """The glue between a node's membership machine (``Swim``) and its ``NodeCore``.
 
 Both shells (the trio daemon and the simulator) run a Swim next to each core and pass
-what Swim learns to the core the same way, through :class:`CoreMembership`:
+what Swim learns to the core the same way, through :class:`MembershipBridge`:
 
 - the core's live set is the Swim view's ``alive_ids()`` (alive and suspect members,
   ourselves included), sent as ``MembersChanged`` whenever it changes;
@@ -41,7 +41,7 @@ def boot_incarnation(boot_epoch: int) -> int:
     return boot_epoch << INCARNATION_BITS_PER_BOOT
 
 
-class CoreMembership:
+class MembershipBridge:
     """Keeps one NodeCore in step with its node's Swim machine. Pure: call ``inputs``
     after every batch of Swim effects and ``publish_catalog`` after every core step."""
 

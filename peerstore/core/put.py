@@ -22,7 +22,7 @@ from typing import Any
 
 from peerstore.model import placement
 from peerstore.core import events as ev
-from peerstore.core.broadcast import Broadcast
+from peerstore.core.fanout import Fanout
 from peerstore.core.context import NodeContext, Operation
 from peerstore.ec import iter_stripes
 from peerstore.errors import PeerstoreError
@@ -396,7 +396,7 @@ class PutOperation(Operation):
             return
         blob = manifest.encode()
         mid = manifest.id
-        Broadcast(
+        Fanout(
             self.node,
             peers=sorted(self.node.alive - {self.node.node_id} - self.failed_peers),
             make=lambda req: msg.StoreManifest(req, manifest_id=mid, blob=blob),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from peerstore.shell.config import GossipSettings
-from peerstore.core.membership import CoreMembership, boot_incarnation
+from peerstore.core.membership import MembershipBridge, boot_incarnation
 from peerstore.errors import CodecError
 from peerstore.gossip import (
     MemberChanged,
@@ -48,7 +48,9 @@ log = logging.getLogger("peerstore.gossip")
 STREAM_TIMEOUT = 5.0
 
 
-class Membership:
+class GossipRunner:
+    """The daemon's gossip: owns the UDP socket and Swim, feeds membership to the core."""
+
     def __init__(self, daemon: "Daemon", *, settings: GossipSettings, bind_host: str,
                  addr: tuple[str, int], seeds: list[tuple[str, int]]):
         self.daemon = daemon
@@ -67,7 +69,7 @@ class Membership:
         self.raw_sock: socket.socket | None = None
         self.wake = trio.Event()
         self.nursery: trio.Nursery | None = None
-        self.glue = CoreMembership(self.node_id)
+        self.glue = MembershipBridge(self.node_id)
         self.dropped: Counter[str] = Counter()
 
     # -- running -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
 from peerstore.shell.daemon.buffers import Buffers
 from peerstore.shell.daemon.clients import ClientSession
-from peerstore.shell.daemon.gossip import Membership
+from peerstore.shell.daemon.gossip import GossipRunner
 from peerstore.shell.daemon.metrics import Metrics
 from peerstore.shell.daemon.peers import DIAL_ERRORS, Peers
 from peerstore.ec import decode_data
@@ -71,7 +71,7 @@ class Daemon:
             node_id=self.node_id, cluster_key=config.cluster_key,
             connect_timeout=config.transfer.connect_timeout, on_connection=self._receive_from_peer,
         )
-        self.membership: Membership | None = None
+        self.membership: GossipRunner | None = None
         self.mdns: Any = None
         self.store_limiter = trio.CapacityLimiter(4)
         self.nursery: trio.Nursery | None = None
@@ -107,7 +107,7 @@ class Daemon:
             self.listen_port = listeners[0].socket.getsockname()[1]
             await nursery.start(self.peers.run)
             self.advertise_host = self.config.advertise_host or detect_address(self.config.listen_host)
-            self.membership = Membership(
+            self.membership = GossipRunner(
                 self, settings=self.config.gossip, bind_host=self.config.listen_host,
                 addr=(self.advertise_host, self.listen_port), seeds=list(self.config.seeds),
             )

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from peerstore.wire.messages import Message
 
 
-class Broadcast:
+class Fanout:
     """Ask every peer in ``peers`` (and ourselves, via ``local``) to do one thing.
 
     ``on_done(now, acks)`` runs once, after every peer answered, failed or timed out;
