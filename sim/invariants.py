@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from peerstore.core import events as ev
-from peerstore.model.manifest import CatalogEntry, Manifest
+from peerstore.model.catalog import CatalogEntry
+from peerstore.model.manifest import Manifest
 from sim.cluster import ClientRecord, Cluster
 from sim.ledger import claims
 

@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peerstore.errors import FormatError, InvalidNameError, PeerstoreError
-from peerstore.model.manifest import FORMAT_VERSION, Catalog, CatalogConflict, CatalogEntry, CatalogNotFound, VersionId
+from peerstore.model.catalog import Catalog, CatalogConflict, CatalogEntry, CatalogNotFound
+from peerstore.model.codec import FORMAT_VERSION
+from peerstore.model.names import VersionId
 
 A = "aaaaaaaaaaaaaaaa"
 B = "bbbbbbbbbbbbbbbb"

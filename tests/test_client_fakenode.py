@@ -21,7 +21,8 @@ import msgpack
 import trio
 
 from peerstore.ec.layout import iter_stripes
-from peerstore.model.manifest import Catalog, CatalogEntry, CatalogNotFound, FileEntry, Manifest, StripeEntry
+from peerstore.model.catalog import Catalog, CatalogEntry, CatalogNotFound
+from peerstore.model.manifest import FileEntry, Manifest, StripeEntry
 from peerstore.model.names import VersionId
 from peerstore.model.policy import Policy
 from peerstore.wire import ConnectionClosed, HandshakeComplete, Message

@@ -10,7 +10,9 @@ from peerstore.shell.config import Config
 from peerstore.shell.daemon.node import Daemon
 from peerstore.errors import FormatError
 from peerstore.shell.identity import load_or_create_identity
-from peerstore.model.manifest import Catalog, CatalogEntry, VersionId, encode_counters, seal
+from peerstore.model.catalog import Catalog, CatalogEntry, encode_counters
+from peerstore.model.codec import seal
+from peerstore.model.names import VersionId
 from peerstore.shell.store import MetaStore
 
 KEY = bytes(range(32))

@@ -11,15 +11,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from peerstore.errors import FormatError
-from peerstore.model.manifest import (
-    FORMAT_VERSION,
-    MAX_MANIFEST_BYTES,
-    CatalogEntry,
-    FileEntry,
-    Manifest,
-    StripeEntry,
-    VersionId,
-)
+from peerstore.model.catalog import CatalogEntry
+from peerstore.model.codec import FORMAT_VERSION
+from peerstore.model.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest, StripeEntry
+from peerstore.model.names import VersionId
 from peerstore.model.policy import MIN_SHARD_SIZE, Policy
 
 NODES = tuple(f"{i:016x}" for i in range(1, 9))

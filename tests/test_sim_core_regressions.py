@@ -7,7 +7,9 @@ import random
 from peerstore.core import events as ev
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
-from peerstore.model.manifest import Catalog, CatalogEntry, FileEntry, Manifest, StripeEntry, VersionId
+from peerstore.model.catalog import Catalog, CatalogEntry
+from peerstore.model.manifest import FileEntry, Manifest, StripeEntry
+from peerstore.model.names import VersionId
 from peerstore.model.policy import Policy
 from peerstore.wire import messages as msg
 

@@ -17,7 +17,9 @@ from peerstore.core.messenger import Messenger
 from peerstore.core.settings import CoreSettings
 from peerstore.core.snapshots import SnapshotWriter
 from peerstore.errors import FormatError
-from peerstore.model.manifest import Catalog, VersionId, encode_counters, seal
+from peerstore.model.catalog import Catalog, encode_counters
+from peerstore.model.codec import seal
+from peerstore.model.names import VersionId
 from peerstore.wire import messages as msg
 
 if TYPE_CHECKING:

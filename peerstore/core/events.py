@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-from peerstore.model.manifest import CatalogEntry, Manifest
+from peerstore.model.catalog import CatalogEntry
+from peerstore.model.manifest import Manifest
 from peerstore.wire.messages import Message
 
 Handle = Hashable  # opaque payload reference owned by the shell

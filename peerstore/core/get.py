@@ -19,7 +19,8 @@ from peerstore.core import events as ev
 from peerstore.core.manifests import ManifestFetch
 from peerstore.core.context import NodeContext, Operation
 from peerstore.errors import FormatError
-from peerstore.model.manifest import CatalogEntry, CatalogNotFound, Manifest, StripeEntry
+from peerstore.model.catalog import CatalogEntry, CatalogNotFound
+from peerstore.model.manifest import Manifest, StripeEntry
 from peerstore.wire import messages as msg
 
 

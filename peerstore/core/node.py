@@ -22,7 +22,7 @@ from peerstore.core.put import PutOperation
 from peerstore.core.status import StatusOperation
 from peerstore.ec import piece_id
 from peerstore.errors import FormatError
-from peerstore.model.manifest import Catalog, CatalogNotFound
+from peerstore.model.catalog import Catalog, CatalogNotFound
 from peerstore.wire import messages as msg
 
 

@@ -26,16 +26,9 @@ from peerstore.core.fanout import Fanout
 from peerstore.core.context import NodeContext, Operation
 from peerstore.ec import iter_stripes
 from peerstore.errors import PeerstoreError
-from peerstore.model.manifest import (
-    Catalog,
-    CatalogEntry,
-    FileEntry,
-    Manifest,
-    StripeEntry,
-    VersionId,
-    validate_name,
-    validate_paths,
-)
+from peerstore.model.catalog import Catalog, CatalogEntry
+from peerstore.model.manifest import FileEntry, Manifest, StripeEntry
+from peerstore.model.names import VersionId, validate_name, validate_paths
 from peerstore.wire import messages as msg
 
 

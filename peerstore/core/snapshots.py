@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from peerstore.errors import FormatError
-from peerstore.model.manifest import Catalog, decode_counters, unseal
+from peerstore.model.catalog import Catalog, decode_counters
+from peerstore.model.codec import unseal
 
 if TYPE_CHECKING:
     from peerstore.core.messenger import Messenger

@@ -12,7 +12,8 @@ from peerstore.model import placement
 from peerstore.core import events as ev
 from peerstore.core.manifests import ManifestFetch
 from peerstore.core.context import NodeContext, Operation
-from peerstore.model.manifest import CatalogEntry, Manifest
+from peerstore.model.catalog import CatalogEntry
+from peerstore.model.manifest import Manifest
 from peerstore.wire import messages as msg
 
 

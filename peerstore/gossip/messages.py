@@ -26,6 +26,7 @@ from typing import Any, Union
 import msgpack
 
 from peerstore.errors import CodecError
+from peerstore.model.codec import unpack
 from peerstore.wire.datagram import MAX_BODY
 
 from .state import Member, MemberState
@@ -115,9 +116,6 @@ def encoded_size(obj: Any) -> int:
 
 MAX_DATAGRAM_BODY = MAX_BODY  # what fits a sealed datagram (peerstore.wire.datagram)
 MAX_STREAM_BYTES = 16 * 1024 * 1024
-UNPACK_LIMITS: dict[str, int] = dict(
-    max_str_len=65536, max_bin_len=MAX_APP_STATE_BYTES, max_array_len=8192, max_map_len=4096
-)
 
 
 def encode(message: Any, limit: int = MAX_STREAM_BYTES) -> bytes:
@@ -132,10 +130,8 @@ def decode(data: bytes, limit: int = MAX_STREAM_BYTES) -> Any:
     """Strict, bounded msgpack decoding of received gossip; CodecError on anything bad."""
     if len(data) > limit:
         raise CodecError(f"gossip message of {len(data)} bytes is over the {limit}-byte limit")
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, **UNPACK_LIMITS)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
-        raise CodecError(f"bad gossip message: {err}") from err
+    return unpack(data, "gossip message", max_bytes=limit, max_str=65536, max_bin=MAX_APP_STATE_BYTES,
+                  max_array=8192, max_map=4096, use_list=True, error=CodecError)
 
 
 def encode_datagram(message: Mapping[str, Any]) -> bytes:

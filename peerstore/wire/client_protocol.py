@@ -33,6 +33,7 @@ from typing import Any
 import msgpack
 
 from peerstore.errors import CodecError
+from peerstore.model.codec import unpack
 from peerstore.model.names import MAX_FILES
 
 DATA_CHUNK = 4 * 1024 * 1024
@@ -104,11 +105,8 @@ def decode_body(data: bytes) -> dict[str, Any]:
     """A reply body: a msgpack map with string keys, bounded; CodecError otherwise."""
     if len(data) > MAX_BODY:
         raise CodecError(f"reply body larger than {MAX_BODY} bytes")
-    try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_str_len=MAX_BODY,
-                               max_bin_len=MAX_BODY, max_array_len=1_000_000, max_map_len=1_000_000)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
-        raise CodecError(f"malformed reply body: {err}") from err
+    body = unpack(data, "reply body", max_bytes=MAX_BODY, max_str=MAX_BODY, max_bin=MAX_BODY,
+                  max_array=1_000_000, max_map=1_000_000, use_list=True, error=CodecError)
     if not isinstance(body, dict) or "t" in body:
         raise CodecError("a reply body must be a map without a 't' key")
     return body

@@ -56,6 +56,7 @@ import blake3
 import msgpack
 
 from peerstore.errors import AuthError, CodecError
+from peerstore.model.codec import unpack
 from peerstore.wire.handshake import (
     MAX_HANDSHAKE_MESSAGE,
     PREFIX_SIZE,
@@ -74,18 +75,6 @@ LENGTH_SIZE = 4
 MAX_FRAME_PREFIX = LENGTH_SIZE + MAX_HEADER + MAC_SIZE
 _MAX_SEQUENCE = 2**64 - 1
 
-# Per-container limits inside one header; the 64 KiB header bound caps the total anyway,
-# these refuse an absurd declared length before msgpack allocates for it.
-_UNPACK_LIMITS = dict(
-    raw=False,
-    strict_map_key=True,
-    use_list=True,
-    max_str_len=MAX_HEADER,
-    max_bin_len=MAX_HEADER,
-    max_array_len=16 * 1024,
-    max_map_len=4 * 1024,
-    max_ext_len=0,
-)
 
 _CLIENT_TO_SERVER = b"peerstore frame client->server"
 _SERVER_TO_CLIENT = b"peerstore frame server->client"
@@ -134,16 +123,12 @@ Event = Union[HandshakeComplete, Message, PayloadChunk, PayloadEnd, ConnectionCl
 # -- header codec
 
 
-def _refuse_ext(code: int, data: bytes) -> object:
-    raise ValueError(f"msgpack extension type {code} is not allowed in a frame header")
-
-
 def decode_header(raw: bytes) -> tuple[dict, int, bytes | None]:
     """Parse a header's bytes into (header without "n"/"h", payload length, payload hash)."""
-    try:
-        header = msgpack.unpackb(raw, ext_hook=_refuse_ext, **_UNPACK_LIMITS)
-    except (ValueError, TypeError, msgpack.UnpackException) as err:
-        raise CodecError(f"malformed frame header: {err or type(err).__name__}") from None
+    # Per-container limits inside one header; the 64 KiB header bound caps the total anyway,
+    # these refuse an absurd declared length before msgpack allocates for it.
+    header = unpack(raw, "frame header", max_bytes=MAX_HEADER, max_str=MAX_HEADER, max_bin=MAX_HEADER,
+                    max_array=16 * 1024, max_map=4 * 1024, use_list=True, error=CodecError)
     if not isinstance(header, dict):
         raise CodecError(f"frame header must be a msgpack map, got {type(header).__name__}")
     for key in header:

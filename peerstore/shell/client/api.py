@@ -28,7 +28,8 @@ from peerstore.errors import (
     PeerstoreError,
     UsageError,
 )
-from peerstore.model.manifest import MAX_MANIFEST_BYTES, Catalog, CatalogEntry, CatalogNotFound, Manifest
+from peerstore.model.catalog import Catalog, CatalogEntry, CatalogNotFound
+from peerstore.model.manifest import MAX_MANIFEST_BYTES, Manifest
 from peerstore.model.names import VersionId, parse_spec, parse_version_selector, validate_name, validate_paths
 from peerstore.shell.client.progress import Progress
 from peerstore.wire import client_protocol as cp

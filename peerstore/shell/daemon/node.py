@@ -32,7 +32,7 @@ from peerstore.ec import decode_data
 from peerstore.errors import AuthError, CodecError, DiskFullError, FormatError, PeerstoreError, StoreError
 from peerstore.shell.identity import NodeIdentity
 from peerstore.core.snapshots import restore_catalog, restore_counters
-from peerstore.model.manifest import Catalog
+from peerstore.model.catalog import Catalog
 from peerstore.shell.netaddr import detect_address
 from peerstore.shell.store import MetaStore, PieceStore
 from peerstore.wire import client_protocol as cp
