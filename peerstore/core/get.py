@@ -116,12 +116,8 @@ class GetOperation(Operation):
 
     def _begin(self, now: float, manifest: Manifest) -> None:
         self.manifest = manifest
-        hints = iter(manifest.placement)
-        for file_index, entry in enumerate(manifest.files):
-            offset = 0
-            for stripe in entry.stripes:
-                self.layout.append((file_index, offset, stripe, next(hints)))
-                offset += sum(stripe.data_lengths)
+        self.layout = [(file_index, offset, stripe, hint) for (file_index, offset, stripe), hint
+                       in zip(manifest.stripe_offsets(), manifest.placement, strict=True)]
         assert self.entry is not None
         self.reply(ev.GetStarted(manifest, self.entry))
         self._pump(now)

@@ -133,6 +133,15 @@ class Manifest:
                 yield file_index, index, stripe
                 index += 1
 
+    def stripe_offsets(self) -> Iterator[tuple[int, int, StripeEntry]]:
+        """(file index, byte offset in that file, stripe) over all files in placement order:
+        where each stripe's data lands when the checkpoint is written back."""
+        for file_index, entry in enumerate(self.files):
+            offset = 0
+            for stripe in entry.stripes:
+                yield file_index, offset, stripe
+                offset += sum(stripe.data_lengths)
+
     def piece_ids(self) -> frozenset[bytes]:
         """Every distinct piece id the checkpoint needs."""
         return frozenset(pid for _, _, stripe in self.iter_stripes() for pid in stripe.piece_ids)

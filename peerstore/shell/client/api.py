@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import blake3
 import trio
 
 from peerstore.shell.client.connection import DEFAULT_TIMEOUT, NodeWire, is_loopback, open_wire, where_of
@@ -371,10 +370,10 @@ def _check_manifest(data: bytes, entry: dict, name: str, selector: str | None) -
             manifest_id = bytes.fromhex(manifest_id)
         except ValueError:
             manifest_id = None
-    if not isinstance(manifest_id, bytes) or blake3.blake3(data).digest() != manifest_id:
+    manifest = Manifest.decode(data)
+    if manifest.id != manifest_id:
         raise CodecError("the manifest the node sent does not match its catalog entry's manifest id; "
                          "nothing was written (a node may hold a corrupt manifest)")
-    manifest = Manifest.decode(data)
     if manifest.name != name or entry.get("name") not in (None, name):
         raise CodecError(f"asked for {name} but the node sent the manifest of {manifest.name}")
     if selector is not None:

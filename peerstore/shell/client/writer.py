@@ -64,14 +64,7 @@ def output_target(manifest: Manifest, out: Path, force: bool, into_dir: bool = F
 
 def _stripe_layout(manifest: Manifest) -> list[tuple[int, int, int]]:
     """(file index, offset, length) of every stripe, in the order the node sends them."""
-    out = []
-    for index, entry in enumerate(manifest.files):
-        offset = 0
-        for stripe in entry.stripes:
-            length = sum(stripe.data_lengths)
-            out.append((index, offset, length))
-            offset += length
-    return out
+    return [(index, offset, sum(stripe.data_lengths)) for index, offset, stripe in manifest.stripe_offsets()]
 
 
 class CheckpointWriter:
