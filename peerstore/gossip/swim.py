@@ -56,7 +56,7 @@ from .state import Member, MemberState, alive_wins, dead_wins, left_wins, suspec
 from .suspicion import Suspicion, expected_confirmations, suspicion_min_timeout
 
 if TYPE_CHECKING:
-    from peerstore.shell.config import GossipSettings
+    from peerstore.gossip.settings import GossipSettings
 
 Addr = tuple[str, int]
 T = TypeVar("T")

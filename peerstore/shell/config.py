@@ -24,6 +24,7 @@ import yaml
 
 from peerstore.core.settings import CoreSettings
 from peerstore.errors import ConfigError
+from peerstore.gossip.settings import GossipSettings  # pure (the simulator uses it); read here
 from peerstore.model.policy import MAX_PARITY, MAX_SHARD_SIZE, MAX_STRIPE_WIDTH, MIN_SHARD_SIZE, KiB, MiB, Policy
 
 GiB = 1024 * MiB
@@ -36,24 +37,6 @@ CLUSTER_KEY_BYTES = 32
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FILE_KEY = "<file>"
 TOP_KEY = "<top level>"
-
-
-@dataclass(frozen=True)
-class GossipSettings:
-    """SWIM/Lifeguard timing; defaults are HashiCorp memberlist's LAN profile (seconds)."""
-
-    probe_interval: float = 1.0
-    probe_timeout: float = 0.5
-    indirect_checks: int = 3
-    suspicion_mult: int = 4
-    suspicion_max_timeout_mult: int = 6
-    awareness_max_multiplier: int = 8
-    gossip_interval: float = 0.2
-    gossip_nodes: int = 3
-    retransmit_mult: int = 4
-    pushpull_interval: float = 30.0
-    dead_reclaim_time: float = 3600.0
-    tombstone_lifetime: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,18 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import blake3
 import trio
 
 from peerstore.core import events as ev
-from peerstore.shell.daemon.sources import ClientStream, FileHasher, LocalFiles, SourceError, encode_stripe
 from peerstore.errors import CodecError
-from peerstore.wire import client_protocol as cp
+from peerstore.shell.daemon.buffers import Buffers
+from peerstore.shell.daemon.metrics import Metrics
+from peerstore.shell.daemon.sources import ClientStream, FileHasher, LocalFiles, SourceError, encode_stripe
 from peerstore.shell.wirestream import Frame, PeerClosed, WireStream
-
-if TYPE_CHECKING:
-    from peerstore.shell.daemon.node import Daemon
+from peerstore.wire import client_protocol as cp
 
 log = logging.getLogger("peerstore.shell.client")
 
@@ -30,8 +29,20 @@ KEEP_ALIVE = 5.0  # seconds of silence before a progress frame is sent anyway
 ENDED = (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
+class SessionHost(Protocol):
+    """What a client session needs of the node it runs in (the daemon's ``Daemon``)."""
+
+    buffers: Buffers
+    metrics: Metrics
+
+    def feed(self, event: Any) -> None: ...
+    def wall_clock(self) -> float: ...
+    def member_rows(self) -> list[dict[str, Any]]: ...
+    async def deliver(self, session: ClientSession, effect: ev.DeliverStripe) -> None: ...
+
+
 class ClientSession:
-    def __init__(self, daemon: "Daemon", token: int, wire: WireStream):
+    def __init__(self, daemon: SessionHost, token: int, wire: WireStream):
         self.daemon = daemon
         self.token = token
         self.wire = wire

@@ -20,12 +20,12 @@ import math
 import random
 import socket
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
-from peerstore.shell.config import GossipSettings
 from peerstore.core.membership import MembershipBridge, boot_incarnation
+from peerstore.core.node import NodeCore
 from peerstore.errors import CodecError
 from peerstore.gossip import (
     MemberChanged,
@@ -37,21 +37,33 @@ from peerstore.gossip import (
     Swim,
 )
 from peerstore.gossip.messages import decode, decode_datagram, encode, encode_datagram
-from peerstore.wire import ReplayFilter, open_datagram, seal_datagram
+from peerstore.gossip.settings import GossipSettings
+from peerstore.shell.config import Config
+from peerstore.shell.daemon.peers import Peers
 from peerstore.shell.wirestream import PeerClosed, dial
-
-if TYPE_CHECKING:
-    from peerstore.shell.daemon.node import Daemon
+from peerstore.wire import ReplayFilter, open_datagram, seal_datagram
 
 log = logging.getLogger("peerstore.gossip")
 
 STREAM_TIMEOUT = 5.0
 
 
+class GossipHost(Protocol):
+    """What the gossip runner needs of the node it runs in (the daemon's ``Daemon``)."""
+
+    node_id: str
+    boot_epoch: int
+    config: Config
+    core: NodeCore
+    peers: Peers
+
+    def feed(self, event: Any) -> None: ...
+
+
 class GossipRunner:
     """The daemon's gossip: owns the UDP socket and Swim, feeds membership to the core."""
 
-    def __init__(self, daemon: "Daemon", *, settings: GossipSettings, bind_host: str,
+    def __init__(self, daemon: GossipHost, *, settings: GossipSettings, bind_host: str,
                  addr: tuple[str, int], seeds: list[tuple[str, int]]):
         self.daemon = daemon
         self.node_id = daemon.node_id
