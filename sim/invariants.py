@@ -1,6 +1,6 @@
 """What must hold, whatever the faults. Checked as the run goes and once it ends.
 
-During the run (in ``sim.cluster`` and ``sim.ledger``): no get delivers bytes that differ
+During the run (in ``sim.checks`` and ``sim.ledger``): no get delivers bytes that differ
 from what was put, nor another version's bytes than the put committed as the version it
 returned, nor (for ``get NAME``) a version older than one committed before it started; a
 put reports success only with every piece durable and genuine where its manifest says and
@@ -36,7 +36,8 @@ from typing import Callable
 from peerstore.core import events as ev
 from peerstore.model.catalog import CatalogEntry
 from peerstore.model.manifest import Manifest
-from sim.cluster import ClientRecord, Cluster
+from sim.clients import ClientRecord
+from sim.cluster import Cluster
 from sim.ledger import claims
 
 HANG_BOUND = 180.0  # virtual seconds an operation may still run once faults stop

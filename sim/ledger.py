@@ -20,16 +20,30 @@ and fault calls, never from what a node believes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from peerstore.model import placement
 from peerstore.core import events as ev
 from peerstore.model.manifest import Manifest
 from peerstore.model.names import VersionId, parse_spec
+from sim.clients import ClientRecord
+from sim.loop import EventLoop
+from sim.node import SimNode
 
-if TYPE_CHECKING:
-    from sim.cluster import ClientRecord, Cluster
-    from sim.node import SimNode
+
+class Books(Protocol):
+    """What the ledger reads of the cluster it keeps the books for (``sim.cluster.Cluster``)."""
+
+    loop: EventLoop
+    nodes: dict[str, SimNode]
+    clients: dict[int, ClientRecord]
+    faults: list[tuple[float, str]]
+
+    def violation(self, key: str, message: str) -> None: ...
+
+    def running_ids(self) -> list[str]: ...
+
+    def find_manifest(self, manifest_id: bytes) -> Manifest | None: ...
 
 
 @dataclass
@@ -48,13 +62,14 @@ class Commit:
 
 
 class Ledger:
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Books):
         self.cluster = cluster
         self.commits: list[Commit] = []
         self.by_version: dict[tuple[str, VersionId], list[Commit]] = {}
         self.removed: dict[str, set[VersionId]] = {}
         self.rot: list[tuple[float, str, bytes]] = []  # (when, node, piece)
         self.losses: list[tuple[float, str]] = []  # (when, node): its disk came back empty
+        self.lost_pieces: list[tuple[float, str, frozenset[bytes]]] = []  # (when, node, genuine pieces it held)
         self.undecided: list[ClientRecord] = []  # gets whose version's put had not finished
         self.notes: list[str] = []
         self._manifests: dict[bytes, Manifest] = {}
@@ -76,8 +91,12 @@ class Ledger:
         if manifest is not None:
             version = manifest.version
             ids = manifest.piece_ids()
+            # A holder that acknowledged pieces and lost its disk before the commit still
+            # failed: the coordinator could not know in time, so the loss counts against the
+            # tolerance it reported, like any failure after the put began.
             holders = frozenset(n.node_id for n in self.cluster.nodes.values()
-                                if any(n.disk.genuine(pid) for pid in ids))
+                                if any(n.disk.genuine(pid) for pid in ids)) | frozenset(
+                node for t, node, lost in self.lost_pieces if t > record.started and not lost.isdisjoint(ids))
         else:
             version = VersionId.parse(done.version) if "." in done.version else VersionId(int(done.version), record.node)
             ids, holders = frozenset(), frozenset()
@@ -101,8 +120,10 @@ class Ledger:
     def rotted(self, node_id: str, piece_id: bytes) -> None:
         self.rot.append((self.cluster.loop.now, node_id, piece_id))
 
-    def disk_lost(self, node_id: str) -> None:
+    def disk_lost(self, node_id: str, genuine: frozenset[bytes]) -> None:
+        """``node_id`` lost its disk, which held the ``genuine`` pieces."""
         self.losses.append((self.cluster.loop.now, node_id))
+        self.lost_pieces.append((self.cluster.loop.now, node_id, genuine))
 
     def is_removed(self, name: str, version: VersionId) -> bool:
         return version in self.removed.get(name, ())
@@ -320,7 +341,7 @@ class Ledger:
             self._check_get(record, final=True)
 
 
-def claims(cluster: Cluster, ledger: Ledger) -> dict[tuple[str, VersionId], set[bytes]]:
+def claims(cluster: Books, ledger: Ledger) -> dict[tuple[str, VersionId], set[bytes]]:
     """Every manifest id each (name, version) is claimed by: commits, every running
     node's catalog entries (removed ones too) and every manifest on any disk."""
     out: dict[tuple[str, VersionId], set[bytes]] = {}

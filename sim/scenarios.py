@@ -31,7 +31,8 @@ from peerstore.core.settings import CoreSettings
 from peerstore.core.snapshots import restore_catalog
 from peerstore.model.manifest import Manifest
 from peerstore.model.policy import Policy
-from sim.cluster import ClientRecord, Cluster
+from sim.clients import ClientRecord
+from sim.cluster import Cluster
 from sim.content import FileModel, TrainingRun
 from sim.disk import SD_CARD, SSD, DiskModel
 from sim.invariants import HANG_BOUND, Report, final_checks, readable
@@ -266,9 +267,9 @@ def double_failure_get(r: Run) -> None:
     if not put.ok:
         return
     manifest = r.cluster.manifest_of(put)
-    hint = r.rng.choice(manifest.placement)
-    shard = r.rng.randrange((len(hint) - manifest.policy.parity) // 2)
-    dead = {hint[2 * shard], hint[2 * shard + 1]}
+    stripe, hint = r.rng.choice([(s, h) for (_, _, s), h in zip(manifest.iter_stripes(), manifest.placement)])
+    shard = r.rng.randrange(stripe.k)
+    dead = set(placement.StripePlacement.from_hint(hint, stripe.k, stripe.p).data[shard])
     for node in sorted(dead):
         r.cluster.crash(node, power_off=r.rng.random() < 0.5)
     if put.final.tolerance < 2:
