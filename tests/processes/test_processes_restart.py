@@ -8,30 +8,14 @@ get proves the restarted node serves what it held before the crash.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 
 from peerstore.model.manifest import Manifest
 from peerstore.testing.procs import ProcCluster
-from tests.test_processes import MiB, model, stored_manifest
+from tests.support.real_nodes import MiB, model, piece_path, stored_manifest, stripe_slots
 
 pytestmark = pytest.mark.procs
-
-
-def stripe_slots(manifest: Manifest) -> list[list[tuple[int, bytes]]]:
-    """Per stripe, (position, piece id) for each placement slot, in the hint's order:
-    data0 replica A, data0 replica B, data1 A, ..., parity0, parity1, ..."""
-    out = []
-    for _, _, stripe in manifest.iter_stripes():
-        slots = [(i, pid) for i, pid in enumerate(stripe.data_ids) for _ in range(2)]
-        slots += [(stripe.k + j, pid) for j, pid in enumerate(stripe.parity_ids)]
-        out.append(slots)
-    return out
-
-
-def piece_path(c: ProcCluster, i: int, pid: bytes) -> Path:
-    return c.nodes[i].data_dir / "pieces" / pid.hex()[:2] / pid.hex()
 
 
 def holders_on_disk(c: ProcCluster, manifest: Manifest) -> dict[bytes, set[int]]:

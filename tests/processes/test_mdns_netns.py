@@ -6,15 +6,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.support import netns as nt
+from tests.support.paths import REPO
 
 pytestmark = [pytest.mark.netns, pytest.mark.needs_real]
 
-REPO = Path(__file__).resolve().parent.parent
 DISCOVERY_DEADLINE = 20.0
 READDRESS_DEADLINE = 10.0
 PROCESS_SECONDS = 50  # each selftest exits by itself after this, whatever happens here

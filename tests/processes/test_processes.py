@@ -14,19 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from peerstore.model.manifest import Manifest
-from peerstore.shell.store import MetaStore
 from peerstore.testing.make_checkpoint import write_checkpoint_dir, write_safetensors
 from peerstore.testing.procs import ProcCluster, free_port, wait_for
+from tests.support.paths import REPO
+from tests.support.real_nodes import MiB, model, stored_manifest
 
 pytestmark = pytest.mark.procs
 
-MiB = 1024 * 1024
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -41,22 +38,6 @@ def shared_cluster(tmp_path_factory):
     with ProcCluster(tmp_path_factory.mktemp("shared"), 5) as c:
         c.start_all()
         yield c
-
-
-def model(tmp_path: Path, size: int, seed: int = 1) -> Path:
-    path = tmp_path / f"model-{seed}.safetensors"
-    write_safetensors(path, "llama-1b" if size >= 200 * MiB else "llama-135m", seed=seed, size=size)
-    return path
-
-
-def stored_manifest(c: ProcCluster, name: str) -> Manifest:
-    for node in c.nodes:
-        meta = MetaStore(node.data_dir)
-        for mid in meta.manifest_ids():
-            manifest = Manifest.decode(meta.get_manifest(mid))
-            if manifest.name == name:
-                return manifest
-    raise AssertionError(f"no node holds a manifest of {name}")
 
 
 def core_event(c: ProcCluster, i: int, kind: str) -> float:

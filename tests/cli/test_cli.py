@@ -13,7 +13,7 @@ import pytest
 from peerstore.cli import commands as cli
 from peerstore.shell.config import load_config, render_config
 from peerstore.errors import UsageError
-from tests.test_client_fakenode import KEY, FakeNode, random_bytes, snapshot, write_tree
+from tests.support.fake_node import KEY, FakeNode, random_bytes, snapshot, write_tree
 
 
 @pytest.fixture

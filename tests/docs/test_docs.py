@@ -4,11 +4,11 @@ the repository (a link outside it is dead for anyone who clones the project)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO
+
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 

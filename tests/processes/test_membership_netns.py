@@ -16,10 +16,10 @@ import yaml
 from peerstore.shell.config import generate_cluster_key
 from tests.support import netns as nt
 from peerstore.testing.make_checkpoint import write_safetensors
+from tests.support.paths import REPO
 
 pytestmark = [pytest.mark.netns, pytest.mark.needs_real]
 
-REPO = Path(__file__).resolve().parent.parent
 PORT = 7420
 HOSTS = 4
 

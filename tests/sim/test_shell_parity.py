@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -19,6 +18,7 @@ from peerstore.gossip import messages as gm
 from peerstore.gossip.swim import MAX_SEEDS_PER_CALL, RESEED_PROBES
 from peerstore.wire import MAX_DATAGRAM_BODY
 from sim.cluster import Cluster
+from tests.support.paths import REPO
 
 SETTINGS = GossipSettings()
 ME = ("10.0.0.1", 7000)
@@ -225,7 +225,7 @@ def test_every_transfer_setting_reaches_the_core():
 
 
 def test_config_example_names_no_default_that_differs_from_the_core():
-    example = Path(__file__).resolve().parent.parent / "config.example.yaml"
+    example = REPO / "config.example.yaml"
     text = example.read_text()
     assert "retries: 5" in text and f"request_timeout: {CoreSettings().request_timeout:g}" in text
 

@@ -21,8 +21,8 @@ from peerstore.shell.config import (
 )
 from peerstore.errors import ConfigError
 from peerstore.model.policy import Policy
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "ab" * 32
 
 

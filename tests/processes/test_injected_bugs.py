@@ -24,10 +24,9 @@ from peerstore.model.manifest import Manifest
 from peerstore.testing.procs import ProcCluster
 from peerstore.wire import Connection, ConnectionClosed, HandshakeComplete, Message
 from peerstore.wire import messages as msg
-from tests.test_processes import MiB, model, stored_manifest
-from tests.test_processes_restart import piece_path, stripe_slots
+from tests.support.paths import REPO
+from tests.support.real_nodes import MiB, model, piece_path, stored_manifest, stripe_slots
 
-REPO = Path(__file__).resolve().parent.parent
 FAKE_PEER = "fa1e0000000000fa"  # a node id the cluster has never seen
 EXCHANGE_SECONDS = 30
 

@@ -2,7 +2,7 @@
 
 The slow sweep is the issue's "200-seed sweep": run it with
 
-    .venv/bin/python -m pytest -q -p no:cacheprovider -m slow tests/test_sim_sweep.py
+    .venv/bin/python -m pytest -q -p no:cacheprovider -m slow tests/sim/test_sim_sweep.py
 
 or, scenario by scenario with a summary line each, ``python -m sim.chaos --seeds 200
 --first-seed 2000``. A failure names the command that reproduces it.
@@ -57,4 +57,10 @@ def test_a_big_run_has_twenty_nodes_hundreds_of_stripes_and_overlapping_faults()
 @pytest.mark.parametrize("seed", [14, 25, 2001, 2017])  # seeds that caught ids restarting at 1
 def test_a_reply_to_a_previous_boot_never_acknowledges_a_new_request(seed):
     result = run("reply-after-restart", seed)
+    assert result.ok, _failures([result])
+
+
+@pytest.mark.parametrize("seed", [5012, 5016, 5017])  # a holder lost its disk after acking, before the commit
+def test_a_disk_lost_before_the_commit_counts_as_a_failed_holder(seed):
+    result = run("disk-loss", seed)
     assert result.ok, _failures([result])

@@ -1,6 +1,6 @@
 """The sans-IO node core, driven by the deterministic simulator: targeted outcomes of
 put and get. The scenario sweep, determinism and the injected-bug tests that prove the
-simulator can fail are in tests/test_sim_scenarios.py."""
+simulator can fail are in tests/sim/test_sim_scenarios.py."""
 
 from __future__ import annotations
 

@@ -315,7 +315,7 @@ def test_a_host_without_an_address_warns_once_and_opens_nothing(monkeypatch, cap
 
 def test_loopback_discovery_update_and_goodbye():
     if (probe := mdns.open_zeroconf(["127.0.0.1"])) is None:
-        pytest.skip("zeroconf cannot open a multicast socket on 127.0.0.1 here; see test_mdns_netns.py")
+        pytest.skip("zeroconf cannot open a multicast socket on 127.0.0.1 here; see tests/processes/test_mdns_netns.py")
     mdns._close_zeroconf(probe)
     key, foreign_key = os.urandom(32), os.urandom(32)
     ids = [os.urandom(8).hex() for _ in range(4)]  # two peers, ourselves, a foreign node
@@ -375,7 +375,7 @@ def test_loopback_discovery_update_and_goodbye():
 
 def test_mdns_on_loopback_sees_its_peer():
     if (probe := mdns.open_zeroconf(["127.0.0.1"])) is None:
-        pytest.skip("zeroconf cannot open a multicast socket on 127.0.0.1 here; see test_mdns_netns.py")
+        pytest.skip("zeroconf cannot open a multicast socket on 127.0.0.1 here; see tests/processes/test_mdns_netns.py")
     mdns._close_zeroconf(probe)
     key = os.urandom(32)
     ids = [os.urandom(8).hex() for _ in range(2)]

@@ -22,7 +22,7 @@ from peerstore.errors import (
     TargetExists,
     UsageError,
 )
-from tests.test_client_fakenode import KEY, FakeNode, build_manifest, random_bytes, snapshot, write_tree
+from tests.support.fake_node import KEY, FakeNode, build_manifest, random_bytes, snapshot, write_tree
 
 SMALL = 300_000  # > one 4 x 64 KiB stripe, so files have several stripes
 

@@ -14,6 +14,7 @@ from peerstore.model.policy import Policy
 from peerstore.wire import messages as msg
 from sim.cluster import Cluster
 from sim.content import FileModel
+from tests.support.core_driver import CoreDriver
 
 SHARD = 64 * 1024
 PIECE = bytes(range(32))
@@ -62,16 +63,21 @@ def test_reservations_during_a_write_share_the_next_one_and_never_overlap():
 
 
 def test_a_put_fails_with_the_reason_when_the_counter_cannot_be_recorded():
-    cluster = Cluster(3, seed=5, membership="static")
-    node = cluster.nodes[cluster.ids[0]]
-    original = cluster._do_PersistCounters
-    cluster._do_PersistCounters = lambda n, e: (
-        cluster.complete(n, 0.001, ev.CountersPersisted(e.tag, False, "fsync failed: EIO"))
-        if n is node else original(n, e))
-    [put] = cluster.wait(cluster.put(node.node_id, "m", [FileModel.generate("m", SHARD * 5, SHARD, seed=1)]))
+    driver = CoreDriver(3)
+    coordinator = driver.ids[0]
+
+    def fsync_fails(node: str, effect: ev.PersistCounters) -> bool:
+        if node != coordinator:
+            return False  # written as usual
+        driver.feed(node, ev.CountersPersisted(effect.tag, False, "fsync failed: EIO"))
+        return True
+
+    driver.intercept(ev.PersistCounters, fsync_fails)
+    put = driver.result(driver.put(coordinator, "m", {"m": bytes(SHARD * 5)}))
     assert isinstance(put.final, ev.Failed) and "EIO" in put.final.reason
-    assert cluster.find_manifest(b"\0" * 32) is None and not any(
-        n.core.catalog.names() for n in cluster.nodes.values())
+    assert driver.nodes[coordinator].disk.counters is None
+    assert not any(n.disk.manifests for n in driver.nodes.values())
+    assert not any(driver.core(i).catalog.names() for i in driver.ids)
 
 
 def test_a_coordinator_that_restarts_cut_off_from_its_peers_does_not_reuse_a_version():

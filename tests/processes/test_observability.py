@@ -27,10 +27,10 @@ import yaml
 from prometheus_client import generate_latest
 
 from peerstore.shell.daemon.metrics import ERROR_KINDS, Metrics
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.needs_real  # in CI as root, a missing tool fails the run (tests/conftest.py)
 
-REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS_YML = DEPLOY / "prometheus" / "alerts.yml"

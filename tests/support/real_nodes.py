@@ -1,0 +1,48 @@
+"""Helpers for tests on real node processes (``ProcCluster``): a test checkpoint, and what
+the nodes hold on disk, read from their data directories rather than taken on trust."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peerstore.model.manifest import Manifest
+from peerstore.model.policy import MiB
+from peerstore.shell.store import MetaStore
+from peerstore.testing.make_checkpoint import write_safetensors
+from peerstore.testing.procs import ProcCluster
+
+__all__ = ["MiB", "model", "piece_path", "stored_manifest", "stripe_slots"]
+
+
+def model(tmp_path: Path, size: int, seed: int = 1) -> Path:
+    """A safetensors file of ``size`` bytes (the 1B model's layout from 200 MiB on)."""
+    path = tmp_path / f"model-{seed}.safetensors"
+    write_safetensors(path, "llama-1b" if size >= 200 * MiB else "llama-135m", seed=seed, size=size)
+    return path
+
+
+def stored_manifest(c: ProcCluster, name: str) -> Manifest:
+    """The manifest of checkpoint ``name``, as some node stored it on disk."""
+    for node in c.nodes:
+        meta = MetaStore(node.data_dir)
+        for mid in meta.manifest_ids():
+            manifest = Manifest.decode(meta.get_manifest(mid))
+            if manifest.name == name:
+                return manifest
+    raise AssertionError(f"no node holds a manifest of {name}")
+
+
+def stripe_slots(manifest: Manifest) -> list[list[tuple[int, bytes]]]:
+    """Per stripe, (position, piece id) for each placement slot, in the hint's order:
+    data0 replica A, data0 replica B, data1 A, ..., parity0, parity1, ..."""
+    out = []
+    for _, _, stripe in manifest.iter_stripes():
+        slots = [(i, pid) for i, pid in enumerate(stripe.data_ids) for _ in range(2)]
+        slots += [(stripe.k + j, pid) for j, pid in enumerate(stripe.parity_ids)]
+        out.append(slots)
+    return out
+
+
+def piece_path(c: ProcCluster, i: int, pid: bytes) -> Path:
+    """Where node ``i`` keeps piece ``pid`` (the file may not exist)."""
+    return c.nodes[i].data_dir / "pieces" / pid.hex()[:2] / pid.hex()
