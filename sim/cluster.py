@@ -230,7 +230,6 @@ class Cluster(FaultInjection, NodeShell, GossipShell, RunChecks):
         for node_id in sorted(alive):
             self.feed(node_id, ev.MembersChanged(alive))
 
-    _announce = announce  # the name older tests use
 
     # -- inspection ----------------------------------------------------------------------
 

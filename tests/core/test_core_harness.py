@@ -117,7 +117,7 @@ def test_versions_latest_ls_rm_and_status():
     [status] = cluster.wait(cluster.command(cluster.ids[0], lambda c: ev.StatusCommand(c)))
     assert [row.tolerance for row in status.final.checkpoints] == [2, 2]  # the table: 2 at 4 nodes
     cluster.crash(cluster.ids[3])
-    cluster.loop.after(0, cluster._announce)
+    cluster.loop.after(0, cluster.announce)
     [status] = cluster.wait(cluster.command(cluster.ids[0], lambda c: ev.StatusCommand(c)))
     assert all(row.tolerance == 1 for row in status.final.checkpoints)  # its holders are gone
 

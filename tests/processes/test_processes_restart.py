@@ -28,7 +28,7 @@ def readable(manifest: Manifest, holders: dict[bytes, set[int]], alive: set[int]
     """Per stripe: do the live nodes hold at least k distinct positions?"""
     out = []
     for (_, _, stripe), slots in zip(manifest.iter_stripes(), stripe_slots(manifest)):
-        positions = {position for position, pid in slots if holders[pid] & alive}
+        positions = {position for _, position, pid in slots if holders[pid] & alive}
         out.append(len(positions) >= stripe.k)
     return out
 

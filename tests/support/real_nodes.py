@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peerstore.model.manifest import Manifest
+from peerstore.model.placement import StripePlacement
 from peerstore.model.policy import MiB
 from peerstore.shell.store import MetaStore
 from peerstore.testing.make_checkpoint import write_safetensors
@@ -32,14 +33,14 @@ def stored_manifest(c: ProcCluster, name: str) -> Manifest:
     raise AssertionError(f"no node holds a manifest of {name}")
 
 
-def stripe_slots(manifest: Manifest) -> list[list[tuple[int, bytes]]]:
-    """Per stripe, (position, piece id) for each placement slot, in the hint's order:
-    data0 replica A, data0 replica B, data1 A, ..., parity0, parity1, ..."""
+def stripe_slots(manifest: Manifest) -> list[list[tuple[str, int, bytes]]]:
+    """Per stripe, (node, position, piece id) for every copy the placement hint names."""
     out = []
-    for _, _, stripe in manifest.iter_stripes():
-        slots = [(i, pid) for i, pid in enumerate(stripe.data_ids) for _ in range(2)]
-        slots += [(stripe.k + j, pid) for j, pid in enumerate(stripe.parity_ids)]
-        out.append(slots)
+    for (_, _, stripe), hint in zip(manifest.iter_stripes(), manifest.placement, strict=True):
+        nodes = StripePlacement.from_hint(hint, stripe.k, len(stripe.parity_ids)).positions()
+        out.append([(node, position, pid)
+                    for position, (pid, holders) in enumerate(zip(stripe.piece_ids, nodes, strict=True))
+                    for node in holders])
     return out
 
 
