@@ -444,12 +444,7 @@ class PutOperation(Operation):
             self._fail(f"the manifest reached only {acks} nodes; it needs {manifest.tolerance + 1}")
             return
         self.phase = Phase.CATALOG  # from here on the put may become visible: no more aborts
-        entry = CatalogEntry(
-            name=manifest.name, version=manifest.version, manifest_id=manifest.id,
-            size=manifest.total_size(), files=len(manifest.files),
-            tolerance=manifest.tolerance, created=manifest.created,
-        )
-        delta = Catalog(entries=[entry])
+        delta = Catalog(entries=[CatalogEntry.for_manifest(manifest)])
         self.node.spread_catalog(now, delta, lambda t, acks: self._committed(t, manifest, acks))
 
     def _committed(self, now: float, manifest: Manifest, acks: int) -> None:
