@@ -13,6 +13,9 @@ the framework then lifts every transient fault and checks the invariants of
         run.wait(put)
 
 ``run(name, seed)`` returns a :class:`Result`; ``python -m sim.chaos`` runs them.
+
+One module, though long: the scenarios are a catalogue, each a short independent function;
+the Run helpers they share are at the top.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Each phase starts from a dropped page cache (when allowed), is timed end to end 
 the real CLI, and is metered (CPU seconds and peak RSS of every node, plus the CLI's own
 usage). The cluster is replaced by a fresh one between groups of phases, so a source can
 be stored again without being deduplicated and the disk holds one group at a time.
+
+One module, though long: the phases share one cluster lifecycle and one metering loop.
 """
 
 from __future__ import annotations

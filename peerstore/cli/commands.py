@@ -3,6 +3,9 @@
 Every subcommand except ``node``, ``init`` and ``local`` talks to one node over the
 client protocol (:mod:`peerstore.shell.client`). Errors print one line, ``peerstore: REASON``,
 on stderr and set the exit code; a traceback means a bug.
+
+One module, though long: each subcommand is a short parser plus a short handler, and keeping
+them together keeps the help texts, exit codes and error style consistent.
 """
 
 from __future__ import annotations

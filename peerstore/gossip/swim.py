@@ -27,6 +27,9 @@ with those seeds and every member it ever knew (a cable was out: rejoin in secon
 push-pull period), and emits ``NeedSeeds`` with backoff. Even when not alone, each
 push-pull period it contacts the remembered seeds that are not live members: two groups
 that restarted apart (an island) would otherwise never meet.
+
+One module, though long: probes, suspicion, dissemination and push-pull all read and write
+the one member table, as memberlist's state.go does; splitting it would spread that state.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ onto them.
 
 Pure and deterministic: no I/O, no clock, no global randomness. The template search uses
 its own fixed-seed generator, so every node and every run derives the same templates.
+
+One module, though long: the template search, stripe placement and the tolerance cut are
+three views of one slot layout, and each is only checkable against the others.
 """
 
 from __future__ import annotations

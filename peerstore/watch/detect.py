@@ -44,6 +44,9 @@ pass) and `detect` adds quiescence, required for every unit whatever its format:
   FSEvents has no close events, quiescence alone decides);
 - quiescence: the unit's file list and every file's (size, mtime_ns, inode) unchanged for at
   least ``settle_seconds`` (the queue measures this across observations: ``quiet_for``).
+
+One module, though long: units and the per-format rules answer one question (is this
+checkpoint finished?) and share the path rules.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ The shell must answer every `Observe` with `observed` or `vanished`, every `Hash
 with `hashed` and every `StartPut` with `put_done` (exactly once each), call `tick` at
 `next_deadline`, and forward only content events (created, modified, deleted, moved,
 closed-after-write), never open or read events (its own reads would look like changes).
+
+One module, though long: the queue's states, its timers and its persisted form are one
+state machine; its inputs and effects are declared at the top.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ work). A daemon with ``mdns: false`` simply never constructs them.
 
 ``python -m peerstore.shell.daemon.mdns --selftest ...`` advertises a fake node and prints what it
 discovers as JSON lines; the network-namespace tests drive it.
+
+One module, though long: the advertiser, the browser and the self-test share one record
+format and one thread hand-off, which must change together.
 """
 
 from __future__ import annotations
