@@ -255,18 +255,19 @@ class NodeShell:
         if node.crash_when_written:
             self.crash(node.node_id, why="torn write: between write and fsync")
             return
-        self.loop.after(disk.fsync_time(self.fault_rng), self._piece_durable, node, boot, effect)
+        self.loop.after(disk.fsync_time(self.fault_rng), self._piece_durable, node, boot, effect, content)
 
-    def _piece_durable(self, node: SimNode, boot: int, effect: ev.StorePieceLocal) -> None:
+    def _piece_durable(self, node: SimNode, boot: int, effect: ev.StorePieceLocal, content: Content) -> None:
         if node.boot != boot or not node.running:
             return
-        content = node.disk.written.pop(effect.piece_id, None)
+        # Each write has its own temp file (as PieceStore's): this write's bytes become
+        # durable or not by its own fsync, whatever a concurrent write of the piece did.
+        node.disk.written.pop(effect.piece_id, None)
         if node.disk.fsync_fails(self.fault_rng):  # the store removes the temp file
             self.feed(node.node_id, ev.PieceStoredLocally(effect.tag, effect.piece_id, False, FSYNC_EIO), boot)
             return
-        if content is not None:
-            node.disk.durable[effect.piece_id] = content
-            self.corrupted.discard((node.node_id, effect.piece_id))
+        node.disk.durable[effect.piece_id] = content
+        self.corrupted.discard((node.node_id, effect.piece_id))
         self.feed(node.node_id, ev.PieceStoredLocally(effect.tag, effect.piece_id, True), boot)
 
     def _do_LoadPiece(self, node: SimNode, effect: ev.LoadPiece) -> None:
