@@ -1,0 +1,104 @@
+"""Repair after node loss, with real node processes (issue 12 §1).
+
+Five nodes, several checkpoints. One node is killed with ``kill -9`` and its data directory
+deleted: gone for good. With a short grace period (``repair.grace_seconds`` in the config)
+the survivors re-create its pieces until ``status`` reports tolerance 2 (the best at four
+nodes) for every checkpoint, which the test also checks on the survivors' disks. Then the
+two survivors whose loss hurts most are killed as well: every get is byte-identical.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+
+import pytest
+
+from peerstore.model import placement
+from peerstore.model.manifest import Manifest
+from peerstore.testing.procs import ProcCluster, wait_for
+from tests.support.real_nodes import MiB, model, piece_path, stored_manifest
+
+pytestmark = pytest.mark.procs
+
+GRACE = 4.0
+
+
+def disk_tolerance(c: ProcCluster, manifest: Manifest, nodes: set[int]) -> int:
+    """Exact tolerance of what the disks of ``nodes`` hold (read from the piece files)."""
+    stripes = []
+    for _, _, stripe in manifest.iter_stripes():
+        holders = [{i for i in nodes if piece_path(c, i, pid).is_file()} for pid in stripe.piece_ids]
+        stripes.append((holders, stripe.k))
+    return placement.checkpoint_tolerance(stripes, empty=len(nodes) - 1)
+
+
+def tolerances_now(c: ProcCluster, via: int) -> dict[str, int]:
+    status = c.status(via)
+    if not status:
+        return {}
+    return {row["name"]: row.get("tolerance_now", -9) for row in status.get("checkpoints", [])}
+
+
+@pytest.mark.timeout(900)
+def test_kill9_and_wipe_one_node_then_repair_restores_tolerance_2_and_survives_two_more(tmp_path):
+    extra = {"repair": {"grace_seconds": GRACE}}
+    with ProcCluster(tmp_path / "cluster", 5, extra=extra) as c:
+        c.start_all(timeout=60)
+        sources = {
+            "run1/step-100": model(tmp_path, 9 * MiB + 12345, seed=21),
+            "run1/step-200": model(tmp_path, 14 * MiB, seed=22),
+            "run2/final": model(tmp_path, 8 * MiB + 7, seed=23),
+        }
+        for name, path in sources.items():
+            done = c.cli("put", str(path), "--name", name, check=True, timeout=180)
+            assert "tolerance 2" in done.stdout, done.stdout
+        manifests = {name: stored_manifest(c, name) for name in sources}
+
+        victim = 3  # node 0 coordinates from now on
+        c.kill(victim)
+        shutil.rmtree(c.nodes[victim].data_dir)  # gone for good
+        survivors = {0, 1, 2, 4}
+        c.wait_alive(4, timeout=90, via=[0])
+        below = tolerances_now(c, 0)
+        assert below and min(below.values()) < 2, f"losing a node left every checkpoint at tolerance 2: {below}"
+
+        try:
+            wait_for(lambda: (t := tolerances_now(c, 0)) and all(v == 2 for v in t.values()) and len(t) == 3,
+                     timeout=240, what="status to report tolerance 2 for every checkpoint", interval=1.0)
+        except TimeoutError as err:
+            raise AssertionError(f"{err}: {tolerances_now(c, 0)}\n{c.log_tails()}") from None
+        listing = json.loads(c.cli("ls", "--json", check=True).stdout)
+        assert {e["name"]: e["tolerance"] for e in listing} == {name: 2 for name in sources}
+        for name, manifest in manifests.items():
+            assert disk_tolerance(c, manifest, survivors) == 2, f"{name}: the disks do not hold tolerance 2"
+        metrics = [c.metrics(i) for i in survivors]
+        assert sum(_metric(text, "peerstore_repair_bytes_total") for text in metrics) > 0
+        # Parity chunks on the lost node had no other copy: the daemon's rebuild path ran.
+        assert sum(_metric(text, 'peerstore_core_events_total{kind="repair_rebuilds"}') for text in metrics) > 0
+
+        # The two survivors (not the coordinator) whose loss leaves the least.
+        def left(pair: tuple[int, int]) -> int:
+            return min(disk_tolerance(c, m, survivors - set(pair)) for m in manifests.values())
+
+        worst = min(itertools.combinations(sorted(survivors - {0}), 2), key=left)
+        assert left(worst) >= 0
+        for i in worst:
+            c.kill(i)
+        for name, path in sources.items():
+            out = tmp_path / "out" / name.replace("/", "_")
+            got = c.cli("get", name, "--out", str(out), via=0, timeout=180)
+            assert got.returncode == 0, (
+                f"get {name} after repair and two more kills {worst} failed\nstdout: {got.stdout}\n"
+                f"stderr: {got.stderr}\n{c.log_tails()}")
+            assert out.read_bytes() == path.read_bytes()
+
+
+def _metric(text: str, name: str) -> float:
+    """The sum of the samples of ``name`` (a metric name, or a name with its labels)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
