@@ -4,6 +4,8 @@ The CLI prints ``str(err)`` as its one-line reason, so messages say what went wr
 and, where there is one, what to do about it.
 """
 
+import errno as _errno  # the table of error numbers (no I/O)
+
 
 class PeerstoreError(Exception):
     """Root of all deliberate peerstore errors."""
@@ -39,6 +41,20 @@ class StoreError(PeerstoreError):
 
 class DiskFullError(StoreError):
     """No space left for a piece; nothing partial was left behind."""
+
+
+class DiskIOError(StoreError):
+    """The local disk failed an operation with an OS error other than "full" (EIO, EROFS,
+    EFBIG, EMFILE...): that operation failed, nothing partial was left behind, and the
+    node goes on. ``path`` and ``errno`` say where and what; ``read_only`` is EROFS."""
+
+    def __init__(self, message: str, *, path: str = "", errno: int | None = None):
+        super().__init__(message)
+        self.path, self.errno = path, errno
+
+    @property
+    def read_only(self) -> bool:
+        return self.errno == _errno.EROFS
 
 
 class CorruptPieceError(StoreError):
@@ -78,3 +94,11 @@ class ConnectionLost(NodeUnreachable):
 
 class TargetExists(PeerstoreError):
     """The output path of a get exists and --force was not given."""
+
+
+class SourceChangedError(PeerstoreError):
+    """A file changed (size, mtime, ctime or inode) while a put was reading it: nothing was
+    committed. The message contains ``CHANGED_DURING_PUT``."""
+
+
+CHANGED_DURING_PUT = "changed during put"

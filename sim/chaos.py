@@ -20,6 +20,9 @@ import time
 from typing import Iterable
 
 from sim.scenarios import MIN_NODES, SCENARIOS, Result, run
+from sim import repair_scenarios  # noqa: F401 - registers the self-healing scenarios
+from sim import scrub_scenarios  # noqa: F401 - registers scrub-finds-rot
+from sim import gc_scenarios  # noqa: F401 - registers the garbage-collection scenarios
 
 
 def summary(result: Result, *, verbose: bool = False) -> str:

@@ -50,6 +50,7 @@ class RunChecks:
     violations: list[str]
     _violation_keys: set[str]
     highest_incarnation: dict[str, int]
+    _gc_refs: dict[bytes, frozenset[bytes]]
 
     def violation(self, key: str, message: str) -> None:
         """Record an invariant violation once per ``key``."""
@@ -144,6 +145,8 @@ class RunChecks:
     def _check_put_durable(self, node: SimNode, record: ClientRecord, done: ev.PutDone) -> None:
         """Every slot durable and genuine, the tolerance met, the manifest on tolerance + 1
         nodes; but for rot and disk losses that happened while the put ran."""
+        if self._removed_already(done.manifest_id):
+            return  # removed (a concurrent rm NAME@V, or retention) before its client heard: GC may free it
         lost = {n for t, n in self.ledger.losses if t > record.started}
         forgiven = self.ledger.rot_since(record.started)
         holders = [n for n in self.nodes.values() if done.manifest_id in n.disk.manifests]
@@ -174,6 +177,66 @@ class RunChecks:
             self.violation(f"put-tolerance:{done.manifest_id.hex()}",
                            f"put {done.name} reported tolerance {done.tolerance} but its durable pieces "
                            f"only survive {actual} failures")
+
+    def _check_gc_delete(self, node: SimNode, effect: ev.DeletePieces) -> None:
+        """GC never removes a referenced piece: when a node decides to delete pieces, none
+        may belong to a version that is live (committed or listed by any running node, and
+        tombstoned by no running node nor removed by a client's rm) if the deleting node
+        lists that version as live itself, or the version's placement puts that piece on
+        this node (its commit counted the copy). Other deletions (``reason`` not "gc", such
+        as surplus copies after repair) are not garbage collection."""
+        if effect.reason != "gc" or not effect.piece_ids:
+            return
+        doomed = set(effect.piece_ids)
+        running = [n for n in self.nodes.values() if n.running and n.core is not None]
+        versions: dict[bytes, tuple[str, Any]] = {}
+        for other in running:
+            for entry in other.core.catalog.entries:  # type: ignore[union-attr]
+                versions.setdefault(entry.manifest_id, (entry.name, entry.version))
+        for commit in self.ledger.commits:
+            versions.setdefault(commit.manifest_id, (commit.name, commit.version))
+        mine = node.core.catalog if node.core is not None else None
+        for mid, (name, version) in versions.items():
+            if self.ledger.is_removed(name, version):
+                continue
+            manifest = self.ledger.manifest(mid)
+            if manifest is None or doomed.isdisjoint(refs := self._piece_refs(manifest)):
+                continue
+            hits = doomed & refs
+            placed = {pid for pid in hits if node.node_id in self._placed_on(manifest, pid)}
+            known = mine is not None and mine.is_live(name, version)
+            if known or placed:
+                why = "which it lists as live" if known else "whose placement puts them on it"
+                self.violation(f"gc-referenced:{node.node_id}:{mid.hex()}",
+                               f"GC on {node.node_id[:4]} deleted {len(hits)} piece(s) of live version "
+                               f"{name}@{version}, {why}")
+
+    def _removed_already(self, manifest_id: bytes) -> bool:
+        """Is the version of ``manifest_id`` tombstoned in some running node's catalog?"""
+        for node in self.nodes.values():
+            if node.running and node.core is not None:
+                catalog = node.core.catalog
+                for entry in catalog.entries:
+                    if entry.manifest_id == manifest_id and catalog.is_tombstoned(entry.name, entry.version):
+                        return True
+        return False
+
+    def _piece_refs(self, manifest: Manifest) -> frozenset[bytes]:
+        refs = self._gc_refs.get(manifest.id)
+        if refs is None:
+            refs = self._gc_refs[manifest.id] = manifest.piece_ids()
+        return refs
+
+    def _placed_on(self, manifest: Manifest, pid: bytes) -> set[str]:
+        """The nodes the manifest's placement hint names for piece ``pid``."""
+        out: set[str] = set()
+        for (_, _, stripe), hint in zip(manifest.iter_stripes(), manifest.placement):
+            if pid in stripe.piece_ids:
+                positions = StripePlacement.from_hint(hint, stripe.k, stripe.p).positions()
+                for piece, nodes in zip(stripe.piece_ids, positions):
+                    if piece == pid:
+                        out.update(nodes)
+        return out
 
     def durable_tolerance(self, manifest: Manifest, nodes: Iterable[str] | None = None,
                           forgive: set[tuple[str, bytes]] | frozenset = frozenset()) -> int:

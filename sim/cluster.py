@@ -118,6 +118,7 @@ class Cluster(FaultInjection, NodeShell, GossipShell, RunChecks):
         self.stats: Counter[str] = Counter()
         self.next_handle = 0
         self.highest_incarnation: dict[str, int] = {}  # announced by each node, any boot
+        self._gc_refs: dict[bytes, frozenset[bytes]] = {}  # manifest id -> its pieces (GC check)
         for index, node_id in enumerate(self.ids):
             node = SimNode(node_id, index, self._new_addr(node_id), SimDisk(model=disk))
             self.nodes[node_id] = node

@@ -9,7 +9,9 @@ Faults: a slow disk (an SD card: ~20 MB/s and fsyncs of tens to hundreds of ms),
 disk (writes fail with "disk full"), fsyncs failing with EIO (the write fails and leaves
 nothing, as the store removes its temp file), bit flips in stored pieces, in manifest
 files (the bytes no longer hash to the id: a reader quarantines the file, so it is held
-no more) and in the catalog and counters files (found when the node boots).
+no more) and in the catalog and counters files (found when the node boots), and a disk
+remounted read-only (what dying SD cards do): every write fails with EROFS (``READ_ONLY``),
+as the daemon's store reports it, until it is made writable again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sim.content import Content, rotten
 
 MANIFEST_OVERHEAD = 4096  # a small file costs at least a block
 FSYNC_EIO = "fsync failed: [Errno 5] Input/output error"  # what a store write reports
+READ_ONLY = "writing failed: [Errno 30 EROFS] Read-only file system"  # ... and on a read-only disk
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,19 @@ class SimDisk:
     capacity: int | None = None  # bytes; None: unlimited
     durable: dict[bytes, Content] = field(default_factory=dict)
     written: dict[bytes, Content] = field(default_factory=dict)  # renamed but not yet fsynced
+    # Deleted by GC, the directory entry's removal not yet committed (no fsync on delete):
+    # a crash brings these back, as a real file system may.
+    unlinked: dict[bytes, Content] = field(default_factory=dict)
     manifests: dict[bytes, bytes] = field(default_factory=dict)  # intact manifest files only
     rotten_manifests: dict[bytes, bytes] = field(default_factory=dict)  # files whose bytes rotted
     catalog: bytes | None = None
     counters: bytes | None = None  # version counters the node reserved (MetaStore counters.bin)
+    membership: bytes | None = None  # the last stable membership repair saw (membership.bin)
     boot_epoch: int = 0  # the daemon's stored boot counter (durable before announcing)
     busy_until: float = 0.0
     reserved: int = 0  # bytes of writes in progress
     fail_fsync: float = 0.0  # probability that an fsync fails with EIO
+    read_only: bool = False  # remounted read-only: every write fails with EROFS
 
     @property
     def used(self) -> int:
@@ -79,6 +87,9 @@ class SimDisk:
     def crash(self) -> None:
         """Power loss or process crash: un-fsynced writes and in-progress I/O are gone."""
         self.written.clear()
+        for pid, content in self.unlinked.items():
+            self.durable.setdefault(pid, content)
+        self.unlinked.clear()
         self.reserved = 0
         self.busy_until = 0.0
 

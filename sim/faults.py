@@ -287,6 +287,16 @@ class FaultInjection:
         self.nodes[node_id].disk.fail_fsync = probability
         self._fault(f"fsync EIO {node_id[:4]} (p={probability:.2f})")
 
+    def read_only_disk(self, node_id: str) -> None:
+        """The node's file system is remounted read-only (a dying SD card): every write
+        fails with EROFS; what it holds stays readable."""
+        self.nodes[node_id].disk.read_only = True
+        self._fault(f"disk read-only {node_id[:4]}")
+
+    def writable_disk(self, node_id: str) -> None:
+        self.nodes[node_id].disk.read_only = False
+        self._fault(f"disk writable {node_id[:4]}")
+
     def fill_disk(self, node_id: str, free_bytes: int = 0) -> None:
         disk = self.nodes[node_id].disk
         disk.capacity = disk.used + free_bytes

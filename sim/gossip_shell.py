@@ -5,6 +5,8 @@
 With ``wire_roundtrip`` every datagram and stream message travels as the daemon's bytes:
 encoded under the same size limits (too big: dropped by the sender, counted in
 ``stats``) and decoded on arrival against the sender the MAC tag would authenticate.
+Always, as the daemon's MAC binds the recipient, a datagram that lands at a node other
+than the one it was sealed for (an address that changed hands) is dropped.
 Swim's membership changes reach the core through ``MembershipBridge``, exactly as in the
 daemon; a member heard of again gets a fresh connection instead of a silent stale one.
 
@@ -172,11 +174,17 @@ class GossipShell:
             self.stats["datagrams_to_nowhere"] += 1
             return
         self.net.send_datagram(node.node_id, dst, self._datagram_lands, dst, effect.addr, node.addr,
-                               node.node_id, message)
+                               node.node_id, effect.to, message)
 
-    def _datagram_lands(self, dst_id: str, addr: Addr, from_addr: Addr, sender: str, message: Any) -> None:
+    def _datagram_lands(self, dst_id: str, addr: Addr, from_addr: Addr, sender: str, to: str,
+                        message: Any) -> None:
         node = self.nodes[dst_id]
         if node.addr != addr or not node.running:
+            return
+        if to != dst_id:
+            # Sealed for another node (its address changed hands): the daemon's MAC check
+            # refuses it before anything else (peerstore.wire.datagram), and counts it so.
+            self._gossip_dropped("AuthError")
             return
         if node.frozen:
             if node.backlog_datagrams >= UDP_BACKLOG:

@@ -23,7 +23,9 @@ At the end (:func:`final_checks`), after every transient fault is lifted:
    disk losses beyond its tolerance or rot since it was stored explain why not (a failed
    or half-done put never leaves something a get could mistake for data), a put that
    failed with a definite outcome is visible nowhere, and no version id names two
-   different checkpoints;
+   different checkpoints, and every readable committed checkpoint gets back to the best
+   tolerance the nodes allow within the grace period plus repair time
+   (``sim.repair_watch.back_at_policy``);
 5. nothing leaks: no handles held, no buffers or bytes in flight accounted, once idle.
 """
 
@@ -39,6 +41,7 @@ from peerstore.model.manifest import Manifest
 from sim.clients import ClientRecord
 from sim.cluster import Cluster
 from sim.ledger import claims
+from sim.repair_watch import back_at_policy
 
 HANG_BOUND = 180.0  # virtual seconds an operation may still run once faults stop
 CONVERGE_BOUND = 120.0  # push-pull every 30 s, suspicion up to 24 s, dissemination
@@ -104,6 +107,8 @@ def final_checks(cluster: Cluster, rng: random.Random, report: Report,
     _visible_means_restorable(cluster, rng, report)
     _failed_puts_invisible(cluster, report)
     _versions_unique(cluster, report)
+    if cluster.with_cores and (why := back_at_policy(cluster)):
+        report.violation(why)
     _nothing_leaks(cluster, report)
     cluster.ledger.finish()
     report.notes.extend(cluster.ledger.notes)

@@ -126,7 +126,12 @@ class Ledger:
         self.lost_pieces.append((self.cluster.loop.now, node_id, genuine))
 
     def is_removed(self, name: str, version: VersionId) -> bool:
-        return version in self.removed.get(name, ())
+        """Removed by a client's rm, or tombstoned (by an rm or by retention) in the catalog
+        of a running node: then GC may free its pieces."""
+        if version in self.removed.get(name, ()):
+            return True
+        return any(n.running and n.core is not None and n.core.catalog.is_tombstoned(name, version)
+                   for n in self.cluster.nodes.values())
 
     # -- what faults excuse ----------------------------------------------------------------
 

@@ -34,17 +34,21 @@ from typing import Any, Callable
 
 from peerstore.core import events as ev
 from peerstore.core.node import NodeCore
+from peerstore.core.quorum import decode_stable
 from peerstore.core.settings import CoreSettings
 from peerstore.core.snapshots import restore_catalog, restore_counters
+from peerstore.errors import FormatError
 from peerstore.wire import messages as msg
 from sim.clients import ClientRecord
-from sim.content import Content, parity_content
-from sim.disk import FSYNC_EIO, MANIFEST_OVERHEAD
+from sim.content import Content, parity_content, rotten
+from sim.disk import FSYNC_EIO, MANIFEST_OVERHEAD, READ_ONLY
 from sim.loop import EventLoop, Seeds
 from sim.network import Network
 from sim.node import Addr, SimNode
 
 HEADER_BYTES = 96  # frame header + MAC of a data-path message
+DELETE_SECONDS = 0.0002  # one unlink
+UNLINK_COMMIT = 5.0  # seconds until a file system commits an unlink (ext4's journal interval)
 SMALL_IO = 4096
 
 
@@ -75,6 +79,7 @@ class NodeShell:
     _check_bounds: Callable[[SimNode], None]
     _check_delivery: Callable[[SimNode, ClientRecord, ev.DeliverStripe, list[Content | None]], bool]
     _client_check: Callable[[SimNode, ClientRecord, Any], Any]
+    _check_gc_delete: Callable[[SimNode, ev.DeletePieces], None]
 
     # -- booting -------------------------------------------------------------------------
 
@@ -90,13 +95,19 @@ class NodeShell:
                 node.disk.catalog = None
                 self._fault(f"{node.node_id[:4]} boots with an empty catalog: {problem}")
             counters = restore_counters(node.disk.counters)
+            try:
+                stable = decode_stable(node.disk.membership)
+            except FormatError as err:  # as the daemon: start without it, relearn it from the data
+                node.disk.membership, stable = None, None
+                self._fault(f"{node.node_id[:4]} boots without its stable membership: {err}")
             alive = frozenset({node.node_id})
             if self.membership == "static":
                 alive = frozenset(i for i in self.ids if self.nodes[i].running)
             node.core = self.core_class(
                 node.node_id, self.settings, self.seeds.rng("core", node.node_id, node.boot),
-                catalog=catalog, inventory=frozenset(node.disk.durable), alive=alive, counters=counters,
-                boot_epoch=node.disk.boot_epoch,
+                catalog=catalog, inventory={pid: c.size for pid, c in node.disk.durable.items()},
+                alive=alive, counters=counters,
+                boot_epoch=node.disk.boot_epoch, stable_members=stable,
             )
         if self.membership == "swim":
             self._start_swim(node, seeds)
@@ -238,6 +249,9 @@ class NodeShell:
         if effect.piece_id in disk.durable:  # as PieceStore.write: already held, nothing written or read
             self.complete(node, size / disk.model.hash_rate, ev.PieceStoredLocally(effect.tag, effect.piece_id, True))
             return
+        if self._read_only(node):
+            self.complete(node, 0.0005, ev.PieceStoredLocally(effect.tag, effect.piece_id, False, READ_ONLY))
+            return
         if not disk.has_room(size):
             self.complete(node, 0.0005, ev.PieceStoredLocally(
                 effect.tag, effect.piece_id, False, f"disk full: {size} bytes do not fit"))
@@ -270,6 +284,54 @@ class NodeShell:
         self.corrupted.discard((node.node_id, effect.piece_id))
         self.feed(node.node_id, ev.PieceStoredLocally(effect.tag, effect.piece_id, True), boot)
 
+    def _read_only(self, node: SimNode) -> bool:
+        """As the daemon's shell: a write that fails with EROFS tells the core the store is
+        read-only (``StoreHealthChanged``) before the write's own failure arrives."""
+        if node.disk.read_only:
+            self.complete(node, 0.0005, ev.StoreHealthChanged(False, READ_ONLY))
+        return node.disk.read_only
+
+    def _do_ProbeStore(self, node: SimNode, effect: ev.ProbeStore) -> None:
+        """PieceStore.probe_writable: a small durable write, then its removal."""
+        ok = not node.disk.read_only
+        self.complete(node, self._small_write(node, SMALL_IO), ev.StoreProbed(effect.tag, ok, "" if ok else READ_ONLY))
+
+    def _do_DeletePieces(self, node: SimNode, effect: ev.DeletePieces) -> None:
+        """As the daemon's PieceStore.remove: unlink each file (no fsync, so until the file
+        system commits, ``UNLINK_COMMIT`` seconds, a crash brings them back)."""
+        self._check_gc_delete(node, effect)
+        if self._read_only(node):  # unlink fails with EROFS: every file stays
+            self.complete(node, 0.0005, ev.PiecesDeleted(effect.tag, (), 0, READ_ONLY))
+            return
+        done = self.loop.now + DELETE_SECONDS * len(effect.piece_ids)
+
+        def deleted(target: SimNode) -> None:
+            freed = 0
+            for pid in effect.piece_ids:
+                content = target.disk.durable.pop(pid, None)
+                if content is not None:
+                    freed += content.size
+                    target.disk.unlinked[pid] = content
+                    self.corrupted.discard((target.node_id, pid))
+            self.loop.after(UNLINK_COMMIT, self._unlinks_committed, target, target.boot, effect.piece_ids)
+            self._feed_core(target, ev.PiecesDeleted(effect.tag, effect.piece_ids, freed))
+
+        self.loop.at(done, self._input, node, node.boot, deleted)
+
+    def _unlinks_committed(self, node: SimNode, boot: int, piece_ids: tuple[bytes, ...]) -> None:
+        if node.boot == boot and node.running:
+            for pid in piece_ids:
+                node.disk.unlinked.pop(pid, None)
+
+    def _do_DeleteManifests(self, node: SimNode, effect: ev.DeleteManifests) -> None:
+        def deleted(target: SimNode) -> None:
+            for mid in effect.manifest_ids:
+                target.disk.manifests.pop(mid, None)
+                target.disk.rotten_manifests.pop(mid, None)
+            self._feed_core(target, ev.ManifestsDeleted(effect.tag))
+
+        self.loop.at(self.loop.now + DELETE_SECONDS * len(effect.manifest_ids), self._input, node, node.boot, deleted)
+
     def _do_LoadPiece(self, node: SimNode, effect: ev.LoadPiece) -> None:
         content = node.disk.durable.get(effect.piece_id)
         done = self.loop.now + 0.0001
@@ -291,10 +353,12 @@ class NodeShell:
 
     def _held_piece_checked(self, node: SimNode, effect: ev.VerifyHeldPiece) -> None:
         """As PieceStore.verify: the copy on disk now is hashed; a rotten one is quarantined."""
+        content = node.disk.durable.get(effect.piece_id)
         ok = node.disk.genuine(effect.piece_id)
         if not ok and node.disk.durable.pop(effect.piece_id, None) is not None:
             self.corrupted.discard((node.node_id, effect.piece_id))
-        self._feed_core(node, ev.HeldPieceVerified(effect.tag, effect.piece_id, ok))
+        self._feed_core(node, ev.HeldPieceVerified(
+            effect.tag, effect.piece_id, ok, size=content.size if content else 0, missing=content is None))
 
     def _do_VerifyPiece(self, node: SimNode, effect: ev.VerifyPiece) -> None:
         content = node.handles.get(effect.handle)
@@ -313,6 +377,9 @@ class NodeShell:
 
     def _do_StoreManifestLocal(self, node: SimNode, effect: ev.StoreManifestLocal) -> None:
         size = len(effect.blob) + MANIFEST_OVERHEAD
+        if self._read_only(node):
+            self.complete(node, 0.0005, ev.ManifestStoredLocally(effect.tag, False, READ_ONLY))
+            return
         if not node.disk.has_room(size):
             self.complete(node, 0.0005, ev.ManifestStoredLocally(effect.tag, False, "disk full"))
             return
@@ -339,9 +406,30 @@ class NodeShell:
         self._replace_file(node, effect.blob, "counters",
                            lambda ok, error: ev.CountersPersisted(effect.tag, ok, error))
 
+    def _do_PersistMembership(self, node: SimNode, effect: ev.PersistMembership) -> None:
+        self._replace_file(node, effect.blob, "membership",
+                           lambda ok, error: ev.MembershipPersisted(effect.tag, ok, error))
+
+    def _do_RebuildPieces(self, node: SimNode, effect: ev.RebuildPieces) -> None:
+        """As the daemon's decode + re-encode: the rebuilt pieces are genuine only if at
+        least k distinct genuine pieces went in (the core verifies them before storing)."""
+        inputs = {pos: node.handles.get(h) for pos, h in effect.pieces}
+        genuine = len(inputs) >= effect.k and all(
+            c is not None and c.true_id == effect.piece_ids[pos] for pos, c in inputs.items())
+        made = []
+        for pos in effect.want:
+            size = effect.shard_lengths[pos] if pos < effect.k else effect.shard_lengths[0]
+            content = Content(effect.piece_ids[pos], size)
+            made.append((pos, self.new_handle(node, content if genuine else rotten(content))))
+        work = sum(c.size for c in inputs.values() if c is not None) + sum(effect.shard_lengths)
+        self.complete(node, work / node.disk.model.hash_rate, ev.PiecesRebuilt(effect.tag, tuple(made)))
+
     def _replace_file(self, node: SimNode, blob: bytes, attribute: str, completion: Callable[[bool, str], Any]) -> None:
         """write_file_atomic: the disk holds the old bytes until the new ones are durable."""
         size = len(blob) + SMALL_IO
+        if self._read_only(node):
+            self.complete(node, 0.0005, completion(False, READ_ONLY))
+            return
         if not node.disk.has_room(size):
             self.complete(node, 0.0005, completion(False, "disk full"))
             return

@@ -24,6 +24,7 @@ import trio
 import yaml
 
 from peerstore.shell.client import DEFAULT_TIMEOUT, NodeClient
+from peerstore.shell.client.connection import where_of
 from peerstore.shell.config import Config, config_from_mapping, load_config, parse_host_port, render_config
 from peerstore.shell.durable import write_file_atomic
 from peerstore.errors import (
@@ -37,6 +38,9 @@ from peerstore.errors import (
 from peerstore.model.names import parse_spec
 from peerstore.shell.netaddr import detect_address
 from peerstore.shell.client.progress import Progress, human_size
+from peerstore.cli.verify_report import exit_code as verify_exit_code
+from peerstore.cli.verify_report import format_report as format_verify_report
+from peerstore.cli.verify_report import format_scrub
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -65,6 +69,7 @@ examples:
   peerstore ls
   peerstore get run1/step-500 --out restored/
   peerstore status
+  peerstore watch runs/                          store every finished checkpoint written into runs/
 
 config: --config PATH, else ${CONFIG_ENV}, else ./config.yaml, else ./{LOCAL_CLIENT_CONFIG}
 (written by 'peerstore local'). The CLI needs the cluster key from it, and talks to
@@ -84,6 +89,16 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not 0 < value <= 86400:
         raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text}")
+    return value
+
+
+def _settle_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 3600, got {text}")
     return value
 
 
@@ -201,17 +216,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC", help="NAME or NAME@VERSION")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    p = command("verify", "check checkpoints end to end: every copy re-read and hashed where it lives",
+                "Check SPEC (NAME, NAME@VERSION), or every checkpoint: every piece must be held where the "
+                "nodes' inventories say, and every holder re-reads its copies and checks them against their "
+                "BLAKE3 ids. Prints each problem (a corrupt or missing copy, a tolerance below the one "
+                "reported at put, a node that did not answer) and what repair will do about it. A corrupt "
+                "copy is moved to its node's quarantine and re-created from the other copies, as scrub "
+                "would; run verify again to confirm. Exit code 0 when all is well, 1 when not.",
+                "examples:\n  peerstore verify\n  peerstore verify run1/step-500@3 --json\n", cmd_verify)
+    p.add_argument("spec", metavar="SPEC", nargs="?", help="NAME or NAME@VERSION (default: every checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = command("watch", "store every finished checkpoint written into a directory",
+                "Watch DIR and store each checkpoint written into it through this machine's node as soon\n"
+                "as it is finished: exactly once, never a partial one. Finished means complete by its\n"
+                "format (safetensors structure, trainer_state.json of a Hugging Face checkpoint-N/, the\n"
+                ".metadata of a PyTorch DCP directory, DeepSpeed's latest pointer, the end record of a\n"
+                "torch .pt/.bin zip) and unchanged for the settle time (on Linux also: no writer holds a\n"
+                "file open). Names come from paths: DIR/llama/checkpoint-500/ is llama/checkpoint-500.\n"
+                "Details: docs/watcher.md. Runs until Ctrl-C; with --once it stores what is finished and\n"
+                "exits. A node watches its config's watch.paths by itself; this is for one-off use.",
+                "examples:\n  peerstore watch runs/\n  peerstore watch runs/ --once\n"
+                "  peerstore watch runs/llama --name-prefix pi4/ --include 'checkpoint-*'\n"
+                "  peerstore watch out/ --exclude '*-tmp' --settle 30\n\n"
+                "--once exits 0 when everything in DIR is stored (or was already), 1 when some checkpoint\n"
+                "is not finished or could not be stored (it prints which and why).\n", cmd_watch)
+    p.add_argument("dir", metavar="DIR", help="directory the trainer writes checkpoints into")
+    p.add_argument("--name-prefix", metavar="P", help="put P in front of every name (default: the config's "
+                   "watch.name_prefix, usually empty), e.g. pi4/")
+    p.add_argument("--name-template", metavar="T", help="how names are made (default {prefix}{run}/{checkpoint})")
+    p.add_argument("--include", metavar="GLOB", action="append", default=[],
+                   help="store only checkpoints matching GLOB (repeatable; without '/' it matches the "
+                   "checkpoint's own name, e.g. 'checkpoint-*')")
+    p.add_argument("--exclude", metavar="GLOB", action="append", default=[],
+                   help="never store checkpoints matching GLOB (repeatable)")
+    p.add_argument("--settle", metavar="SECONDS", type=_settle_seconds,
+                   help="seconds a checkpoint must stay unchanged before it is stored (default: the config's "
+                   "watch.settle_seconds, 5)")
+    p.add_argument("--once", action="store_true",
+                   help="store what is finished now, report what waits and why, and exit")
+
     p = command("local", "run a demo cluster of N nodes on this machine",
                 "Start N nodes on 127.0.0.1 (ports BASE+1..BASE+N) with data under DATA/local, and "
                 "write DATA/local/client.yaml so this CLI finds them with no flags. Reruns reuse the "
                 "same data and cluster key. Ctrl-C stops every node.",
                 "examples:\n  peerstore local 5\n  ./launch.sh --local 5\n"
-                "  peerstore local 3 --base-port 8420 --data /tmp/ps --metrics-base-port 0\n", cmd_local)
+                "  peerstore local 3 --base-port 8420 --data /tmp/ps --metrics-base-port 0\n"
+                "  peerstore local 5 --set repair.grace_seconds=15 --set gc.interval_seconds=5\n"
+                "  peerstore local 3 --set 'watch.paths=[\"/data/runs\"]'\n", cmd_local)
     p.add_argument("count", metavar="N", type=int, help="number of nodes (1 to 64)")
     p.add_argument("--base-port", type=_port, default=7420, help="node i listens on BASE+i (default 7420)")
     p.add_argument("--data", metavar="DIR", default="data", help="data root; the cluster lives in DIR/local (default ./data)")
     p.add_argument("--metrics-base-port", metavar="PORT", type=int, default=9420,
                    help="node i serves /metrics on PORT+i (default 9420); 0 turns metrics off")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                   help="set a config key on every node (repeatable); VALUE is read as YAML, "
+                   "e.g. --set gc.interval_seconds=5 --set 'watch.paths=[\"/data/runs\"]'")
     return parser
 
 
@@ -322,6 +382,59 @@ def format_listing(entries: Sequence[dict]) -> str:
     return format_table(["NAME", "VERSION", "SIZE", "FILES", "TOLERANCE", "CREATED"], rows, right=(2, 3, 4))
 
 
+def _policy(row: dict) -> str:
+    if "below_policy" not in row:
+        return "-"
+    if not row.get("below_policy"):
+        return "ok"
+    return f"BELOW (best {row.get('best_tolerance', '?')})"
+
+
+def format_repair(status: dict, rows: Sequence[dict]) -> str:
+    """One line on repair (docs/self-healing.md) when a checkpoint is below its policy."""
+    below = [r for r in rows if r.get("below_policy")]
+    repair = status.get("repair") if isinstance(status.get("repair"), dict) else {}
+    if not below:
+        return ""
+    left = int(repair.get("bytes_left") or 0)
+    rate = float(repair.get("rate") or 0)
+    eta = repair.get("eta")
+    head = f"{len(below)} checkpoint(s) below policy"
+    if left <= 0:
+        return f"{head}; repair cannot re-create what is missing with the nodes up now: bring nodes back or add some"
+    if rate > 0 and isinstance(eta, (int, float)):
+        return (f"{head}; repair: {human_size(left)} left at {human_size(int(rate))}/s, "
+                f"about {_duration(eta)} to go")
+    return (f"{head}; repair: {human_size(left)} to re-create, not running yet (it waits "
+            "repair.grace_seconds after a node leaves, and needs a majority of the members)")
+
+
+def format_gc(status: dict) -> str:
+    """The status line on garbage collection (docs/self-healing.md): what rm, retention and
+    failed puts left that is not freed yet, and why a node's collector is stuck."""
+    gc = status.get("gc")
+    if not isinstance(gc, dict):
+        return ""
+    awaiting = int(gc.get("awaiting_bytes") or 0)
+    pieces = int(gc.get("awaiting_pieces") or 0)
+    line = f"bytes awaiting GC: {human_size(awaiting)}"
+    if pieces:
+        line += f" ({pieces} piece(s); freed within gc.interval_seconds)"
+    blocked = gc.get("blocked") if isinstance(gc.get("blocked"), dict) else {}
+    for node, why in sorted(blocked.items()):
+        line += f"\n  GC on node {node} is waiting: {why}"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def format_status(status: dict, where: str) -> str:
     members = status.get("members") or []
     lines = [f"node {status.get('node_id', '?')} (via {where}); {len(members)} member(s) in view"]
@@ -344,15 +457,31 @@ def format_status(status: dict, where: str) -> str:
         for c, label in zip(entries, _version_labels(entries)):
             now = c.get("tolerance_now", c.get("tolerance"))
             rows.append([str(c.get("name", "?")), label, human_size(int(c.get("size", 0))),
-                         _tolerance(now), str(c.get("pieces", "?"))])
-        lines += ["", format_table(["CHECKPOINT", "VERSION", "SIZE", "TOLERANCE NOW", "PIECES"], rows,
+                         _tolerance(now), str(c.get("pieces", "?")), _policy(c)])
+        lines += ["", format_table(["CHECKPOINT", "VERSION", "SIZE", "TOLERANCE NOW", "PIECES", "POLICY"], rows,
                                    right=(2, 3, 4))]
+        repair = format_repair(status, entries)
+        if repair:
+            lines += ["", repair]
         lost = [c for c in entries if c.get("tolerance_now", c.get("tolerance")) == -1]
         if lost:
             lines.append(f"\n{len(lost)} checkpoint(s) cannot be restored with the nodes up now "
                          "(TOLERANCE NOW = LOST); bring the missing nodes back")
     else:
         lines += ["", "no checkpoints stored"]
+    gc = format_gc(status)
+    if gc:
+        lines += ["", gc]
+    scrub = format_scrub(status.get("nodes") or [])
+    if scrub:
+        lines += ["", *scrub]
+    read_only = status.get("read_only") if isinstance(status.get("read_only"), dict) else {}
+    for node, why in sorted(read_only.items()):
+        lines.append(f"\nDISK READ-ONLY on node {node}: it takes no pieces until its disk is writable again "
+                     f"(check it, repair or replace it): {why}")
+    watch = status.get("watch")
+    if isinstance(watch, dict):
+        lines += ["", *format_watch(watch)]
     conflicts = [c for c in status.get("conflicts") or [] if isinstance(c, list)]
     for same in conflicts:
         claims = [e for e in same if isinstance(e, dict)]
@@ -363,6 +492,39 @@ def format_status(status: dict, where: str) -> str:
                      f"different checkpoints (manifests {ids}); both are kept, neither is served by that "
                      "version; report it with the node logs")
     return "\n".join(lines)
+
+
+def format_watch(watch: dict) -> list[str]:
+    """The watcher's part of `peerstore status`: directories, pending and why, last stored."""
+    dirs = [str(d) for d in watch.get("dirs") or []]
+    missing = {str(d) for d in watch.get("missing") or []}
+    shown = [d + (" (missing: watched once it exists)" if d in missing else "") for d in dirs]
+    lines = [f"watching {', '.join(shown) or 'nothing'}"]
+    last, when = watch.get("last_stored"), watch.get("last_success")
+    if last:
+        lines.append(f"last stored: {last} at {_when(when)}")
+    else:
+        lines.append("last stored: nothing yet")
+    failures = {k: v for k, v in (watch.get("failures") or {}).items() if v}
+    if failures:
+        lines.append("store failures since start: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
+    pending = [p for p in watch.get("pending") or [] if isinstance(p, dict)]
+    count = watch.get("pending_count", len(pending))
+    if pending:
+        rows = [[str(p.get("name", "?")), str(p.get("state", "?")), _seconds_text(p.get("waiting_seconds")),
+                 str(p.get("reason", ""))] for p in pending]
+        lines += ["", format_table(["PENDING", "STATE", "WAITING", "WHY"], rows, right=(2,))]
+        if isinstance(count, int) and count > len(pending):
+            lines.append(f"... and {count - len(pending)} more")
+    else:
+        lines.append("no checkpoints pending")
+    return lines
+
+
+def _seconds_text(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.0f} s" if value < 120 else f"{value / 60:.0f} min"
 
 
 def _rate(nbytes: int, seconds: float) -> str:
@@ -509,11 +671,47 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.spec is not None:
+        parse_spec(args.spec)
+    client = _client(args)
+    report = trio.run(partial(client.verify, args.spec, _progress(args)))
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_verify_report(report, client.where))
+    return verify_exit_code(report)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from peerstore.cli.watch_command import build_watcher, format_once_report, once_exit_code, setup_logging
+
+    config = load_config(resolve_config_path(args.config))
+    host, port = args.node or default_node(config)
+    watcher = build_watcher(
+        config, Path(args.dir),
+        lambda: NodeClient(host, port, config.cluster_key, args.timeout, config_source=config.source),
+        name_prefix=args.name_prefix, name_template=args.name_template, include=args.include,
+        exclude=args.exclude, settle=args.settle,
+    )
+    setup_logging(args.quiet)
+    if not args.quiet:
+        print(f"watching {watcher.roots[0]}, storing through {where_of(host, port)} "
+              f"(settle {watcher.settings.settle_seconds:g} s){'' if args.once else '; Ctrl-C stops'}",
+              file=sys.stderr)
+    report = trio.run(partial(watcher.run, once=args.once))
+    if args.once:
+        print(format_once_report(report))
+        return once_exit_code(report)
+    return EXIT_OK
+
+
 def cmd_local(args: argparse.Namespace) -> int:
     from peerstore.cli.local_cluster import run_local
+    from peerstore.cli.overrides import parse_overrides
 
     return run_local(args.count, base_port=args.base_port, data=Path(args.data),
-                     metrics_base_port=args.metrics_base_port)
+                     metrics_base_port=args.metrics_base_port, overrides=parse_overrides(args.overrides))
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,8 +29,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Sequence, TextIO
 
+from peerstore.cli.overrides import apply_overrides
 from peerstore.shell.config import CLUSTER_KEY_BYTES, render_config
 from peerstore.shell.durable import write_file_atomic
 from peerstore.errors import UsageError
@@ -118,15 +119,21 @@ def _with_memory_budget(text: str, budget: str) -> str:
     return replaced
 
 
-def node_config(node: LocalNode, nodes: list[LocalNode], key: str) -> str:
-    """The config file of ``node``: loopback only, every other node a seed, no mDNS."""
+def node_config(node: LocalNode, nodes: list[LocalNode], key: str,
+                overrides: Sequence[tuple[str, Any]] = ()) -> str:
+    """The config file of ``node``: loopback only, every other node a seed, no mDNS, and
+    the ``--set`` ``overrides`` (dotted key, value) applied (ConfigError if one is bad)."""
     text = render_config(
         data_dir="store", cluster_key=key, listen_host="127.0.0.1", listen_port=node.port,
         metrics_port=node.metrics_port, node_name=f"local-{node.index}", mdns=False,
         seeds=[other.address for other in nodes if other is not node],
     )
     header = f"# {node.name} of a local peerstore cluster, written by `peerstore local`; rewritten on each run.\n"
-    return header + _with_memory_budget(text, LOCAL_MEMORY_BUDGET)
+    text = _with_memory_budget(text, LOCAL_MEMORY_BUDGET)
+    if overrides:
+        header += "# With " + " ".join(f"--set {k}" for k, _ in overrides) + " applied.\n"
+        text = apply_overrides(text, overrides, base_dir=node.directory)
+    return header + text
 
 
 def client_config(nodes: list[LocalNode], key: str) -> str:
@@ -142,14 +149,17 @@ def client_config(nodes: list[LocalNode], key: str) -> str:
 
 
 def prepare_cluster(count: int, base_port: int = 7420, data: Path = Path("data"),
-                    metrics_base_port: int = 9420) -> tuple[list[LocalNode], Path]:
-    """Write every node's config and client.yaml; returns the nodes and client.yaml's path."""
+                    metrics_base_port: int = 9420,
+                    overrides: Sequence[tuple[str, Any]] = ()) -> tuple[list[LocalNode], Path]:
+    """Write every node's config (with ``overrides``: ``--set``) and client.yaml; returns
+    the nodes and client.yaml's path. A bad override fails before anything is written."""
     root = data / LOCAL_DIR
     nodes = plan_cluster(count, base_port, root, metrics_base_port)
     key = load_or_create_key(root)
-    for node in nodes:
+    texts = [node_config(node, nodes, key, overrides) for node in nodes]
+    for node, text in zip(nodes, texts):
         (node.directory / "store").mkdir(parents=True, exist_ok=True)
-        write_file_atomic(node.config_path, node_config(node, nodes, key).encode(), mode=0o600)
+        write_file_atomic(node.config_path, text.encode(), mode=0o600)
     client_path = root / CLIENT_CONFIG
     write_file_atomic(client_path, client_config(nodes, key).encode(), mode=0o600)
     return nodes, client_path
@@ -316,13 +326,13 @@ def banner(nodes: list[LocalNode], up: list[LocalNode], client_path: Path) -> st
 
 def run_local(count: int, *, base_port: int = 7420, data: Path = Path("data"), metrics_base_port: int = 9420,
               out: TextIO | None = None, stop_timeout: float = STOP_TIMEOUT,
-              command: list[str] | None = None) -> int:
+              command: list[str] | None = None, overrides: Sequence[tuple[str, Any]] = ()) -> int:
     """Write the configs, start the nodes, wait for Ctrl-C or SIGTERM, stop them.
 
     Returns 0 after a requested stop, 1 if every node died on its own.
     """
     out = out or sys.stdout
-    nodes, client_path = prepare_cluster(count, base_port, data, metrics_base_port)
+    nodes, client_path = prepare_cluster(count, base_port, data, metrics_base_port, overrides)
     busy = busy_ports(nodes)
     if busy:
         raise UsageError(f"ports already in use: {', '.join(busy)} (is another local cluster running?); "

@@ -9,13 +9,17 @@ global randomness (the ``random.Random`` is injected).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from peerstore.core import events as ev
+from peerstore.core.collector import GarbageCollector
 from peerstore.core.fanout import Fanout
+from peerstore.core.integrity import Integrity
 from peerstore.core.messenger import Messenger
+from peerstore.core.repairer import RepairService
 from peerstore.core.settings import CoreSettings
 from peerstore.core.snapshots import SnapshotWriter
+from peerstore.core.store_health import StoreHealth
 from peerstore.errors import FormatError
 from peerstore.model.catalog import Catalog, encode_counters
 from peerstore.model.codec import seal
@@ -78,14 +82,25 @@ class NodeContext(Messenger):
         rng: Random,
         *,
         catalog: Catalog | None = None,
-        inventory: frozenset[bytes] | set[bytes] = frozenset(),
+        inventory: frozenset[bytes] | set[bytes] | Mapping[bytes, int] = frozenset(),
         alive: frozenset[str] | None = None,
         counters: Mapping[str, int] | None = None,
         boot_epoch: int = 0,
+        stable_members: Iterable[str] | None = None,
     ):
         super().__init__(node_id, settings, rng, alive, boot_epoch)
         self.catalog = catalog if catalog is not None else Catalog()
         self.inventory: set[bytes] = set(inventory)
+        # Leases, GC passes and local deletes (core/collector.py); sizes when the shell gave them.
+        self.gc = GarbageCollector(self, sizes=dict(inventory) if isinstance(inventory, Mapping) else None,
+                                   majority=self.sees_majority)
+        # Scrub, re-reads on request, and what happens to a corrupt copy (core/integrity.py).
+        self.integrity = Integrity(self, sizes=inventory if isinstance(inventory, Mapping) else None)
+        # A read-only disk: refuse pieces, say so in status, probe until writable (core/store_health.py).
+        self.store_health = StoreHealth(self)
+        # Repair after node loss (core/repairer.py); ``stable_members`` is the last stable
+        # membership this node saved (core/quorum.py), None on a first boot.
+        self.repair = RepairService(self, stable=stable_members, on_stable=self._stable_changed)
         self._ops: dict[int, Operation] = {}
         self._ops_by_client: dict[ev.ClientRef, Operation] = {}
         self.buffer_bytes = 0  # bytes of stripe buffers held by the shell for our ops
@@ -99,6 +114,8 @@ class NodeContext(Messenger):
         self._counter_writer = SnapshotWriter(
             self, lambda: seal(encode_counters(self.own_counters)), ev.PersistCounters,
             lambda c: (c.ok, c.error))
+        self._membership_writer = SnapshotWriter(
+            self, self.repair.stable_blob, ev.PersistMembership, lambda c: (c.ok, c.error))
 
     @property
     def operations(self) -> list[Operation]:
@@ -142,24 +159,38 @@ class NodeContext(Messenger):
         self._catalog_writer.request(lambda t, ok, error: on_done(t, ok))
 
     def store_piece(self, piece_id: bytes, handle: ev.Handle,
-                    on_done: Callable[[float, bool, str], None]) -> None:
+                    on_done: Callable[[float, bool, str], None], *, size: int = 0) -> None:
         """Make ``piece_id`` durable here from the bytes named by ``handle``.
 
         The one place that decides whether a copy already held may be trusted: it never
         is without being read again, since an acknowledgement counts the piece towards a
         checkpoint's tolerance. A held copy that no longer matches its id is replaced
-        from the incoming bytes. The caller keeps ``handle``."""
+        from the incoming bytes. The caller keeps ``handle``.
+
+        Garbage collection: a store of a piece being deleted waits for the delete; the
+        piece is pinned while the store runs and leased once it is done (``size``, when
+        the caller knows it, is what the piece's GC figures count)."""
+        if self.gc.before_store(piece_id, lambda now: self.store_piece(piece_id, handle, on_done, size=size)):
+            return
+        self.gc.pin(piece_id)
+
+        def finish(now: float, ok: bool, error: str) -> None:
+            self.gc.unpin(piece_id)
+            if ok:
+                self.gc.piece_stored(now, piece_id, size)
+            on_done(now, ok, error)
+
         if piece_id not in self.inventory:
-            self._write_piece(piece_id, handle, on_done)
+            self._write_piece(piece_id, handle, finish)
             return
 
         def checked(now: float, done: ev.HeldPieceVerified) -> None:
             if done.ok:
-                on_done(now, True, "")
+                finish(now, True, "")
                 return
             self.inventory.discard(piece_id)  # the shell moved the rotten copy aside
             self.stats["held_pieces_corrupt"] += 1
-            self._write_piece(piece_id, handle, on_done)
+            self._write_piece(piece_id, handle, finish)
 
         self.local(lambda tag: ev.VerifyHeldPiece(tag, piece_id), checked)
 
@@ -171,6 +202,44 @@ class NodeContext(Messenger):
             on_done(now, done.ok, done.error)
 
         self.local(lambda tag: ev.StorePieceLocal(tag, piece_id, handle), stored)
+
+    def catalog_durable(self) -> bool:
+        """Is the catalog in memory the one on disk (no write pending or failed)?"""
+        return self._catalog_writer.idle
+
+    def flush_catalog(self, on_done: Callable[[float, bool], None]) -> None:
+        """Write the catalog as it is now; ``on_done(now, ok)`` once that is durable."""
+        self._catalog_writer.request(lambda t, ok, error: on_done(t, ok))
+
+    def request_repair(self, now: float, piece_ids: Iterable[bytes]) -> None:
+        """Re-create these pieces soon: scrub, verify and get call it with pieces found
+        corrupt (already quarantined and out of the inventory). The repair service
+        (``self.repair``, core/repairer.py) does it; without one the request is counted."""
+        repair = getattr(self, "repair", None)
+        if repair is not None:
+            repair.request_repair(now, piece_ids)
+        else:
+            self.stats["repair_requests_unserved"] += 1
+
+    def node_report(self, now: float) -> dict[str, Any]:
+        """This node's report about itself for ``status`` (core/node_report.py): one key
+        per subsystem."""
+        return {"scrub": self.integrity.report(now), "repair": self.repair.report(now),
+                "gc": self.gc.refresh_figures(now).as_dict(), "store": self.store_health.report(now)}
+
+    def _stable_changed(self, now: float, members: frozenset[str]) -> None:
+        """The repair service adopted a new stable membership: keep it on disk."""
+        def written(t: float, ok: bool, error: str) -> None:
+            if not ok:
+                self.stats["membership_persist_failed"] += 1
+
+        self._membership_writer.request(written)
+
+    def sees_majority(self) -> bool:
+        """The majority rule (core/quorum.py): this node sees a strict majority of the
+        last stable membership. Until the repair service has one, nobody is a majority."""
+        tracker = getattr(getattr(self, "repair", None), "tracker", None)
+        return tracker is not None and tracker.has_majority()
 
     def spread_catalog(self, now: float, delta: Catalog, on_done: Callable[[float, int], None]) -> None:
         """Persist ``delta`` locally, send it to every alive peer; ``on_done(now, acks)``

@@ -67,6 +67,14 @@ class StatusCommand:
 
 
 @dataclass(frozen=True)
+class VerifyCommand:
+    """Check checkpoints end to end: ``spec`` (NAME or NAME@V), or every live one (None)."""
+
+    client: ClientRef
+    spec: str | None = None
+
+
+@dataclass(frozen=True)
 class CancelCommand:
     """The client went away: abort its operation if it has not committed."""
 
@@ -154,11 +162,15 @@ class PieceLoaded:
 @dataclass(frozen=True)
 class HeldPieceVerified:
     """Completion of VerifyHeldPiece: ok when the stored copy still hashes to its id.
-    A copy that does not was moved aside by the shell and is no longer held."""
+    A copy that does not was moved aside by the shell and is no longer held. ``missing``:
+    there was no copy to read (removed meanwhile), which is not corruption; ``size``: the
+    bytes read (scrub paces by them)."""
 
     tag: Any
     piece_id: bytes
     ok: bool
+    size: int = 0
+    missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,11 +207,68 @@ class CatalogPersisted:
 
 
 @dataclass(frozen=True)
+class PiecesDeleted:
+    """Completion of DeletePieces: ``piece_ids`` are gone from disk (or were already);
+    any other id of the effect could not be deleted and is still held (``error`` says why)."""
+
+    tag: Any
+    piece_ids: tuple[bytes, ...]
+    freed_bytes: int
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class PiecesRebuilt:
+    """Completion of RebuildPieces: ``handles`` names the rebuilt bytes by position (empty,
+    with ``error``, when the pieces given could not be decoded). Unverified: the core
+    checks each against its id before storing it."""
+
+    tag: Any
+    handles: tuple[tuple[int, Handle], ...]
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class MembershipPersisted:
+    tag: Any
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ManifestsDeleted:
+    """Completion of DeleteManifests."""
+
+    tag: Any
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class StripeDelivered:
     """Completion of DeliverStripe: the stripe's bytes reached the client."""
 
     op: int
     stripe: int
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class StoreHealthChanged:
+    """The shell saw the local store turn read-only (a write failed with EROFS, what a
+    dying disk or SD card is remounted as; ``writable`` False) or writable again. The core
+    decides what follows (core/store_health.py)."""
+
+    writable: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StoreProbed:
+    """Completion of ProbeStore: ``ok`` when a small file could be written durably and
+    removed again; ``error`` says why not."""
+
+    tag: Any
     ok: bool
     error: str = ""
 
@@ -313,6 +382,59 @@ class PersistCatalog:
 
 
 @dataclass(frozen=True)
+class DeletePieces:
+    """Delete these local piece files (garbage collection); answer with PiecesDeleted.
+    The core has already dropped them from its inventory. No fsync is needed: a delete
+    that a crash undoes only brings back an unreferenced piece, collected again."""
+
+    tag: Any
+    piece_ids: tuple[bytes, ...]
+    reason: str = "gc"  # "gc": no live version references them (the simulator checks that)
+
+
+@dataclass(frozen=True)
+class RebuildPieces:
+    """Repair: re-create the pieces at positions ``want`` of a stripe from the verified
+    pieces ``pieces`` ((position, handle), at least k): decode its data shards, re-encode
+    its parity (``peerstore.ec.rebuild``); answer with PiecesRebuilt. The input handles
+    stay the core's to release."""
+
+    tag: Any
+    k: int
+    p: int
+    shard_lengths: tuple[int, ...]
+    pieces: tuple[tuple[int, Handle], ...]
+    want: tuple[int, ...]
+    piece_ids: tuple[bytes, ...] = ()  # the stripe's ids by position (for the simulator's model)
+
+
+@dataclass(frozen=True)
+class PersistMembership:
+    """Replace the node's durable record of its last stable membership (a sealed blob,
+    ``core/quorum.py``) and fsync it; answer with MembershipPersisted."""
+
+    tag: Any
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class DeleteManifests:
+    """Delete these local manifest files (of versions a tombstone hides); answer with
+    ManifestsDeleted. Missing files are not an error."""
+
+    tag: Any
+    manifest_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ProbeStore:
+    """Is the local store writable again? Write a small file durably in its temp
+    directory and remove it; answer with StoreProbed."""
+
+    tag: Any
+
+
+@dataclass(frozen=True)
 class DeliverStripe:
     """Hand a stripe's data to the get's client, in order. ``pieces`` maps positions
     (0..k-1 data, k.. parity) to verified handles; when a data position is missing the
@@ -387,6 +509,9 @@ class CheckpointStatus:
     entry: CatalogEntry
     pieces: int
     tolerance: int  # now, over live holders (-1: not restorable now)
+    best: int = -1  # the best tolerance the live nodes allow (core/repair.py)
+    below_policy: bool = False  # a shard short of two copies, a parity chunk missing, or tolerance < best
+    repair_bytes: int = 0  # what repair has to re-create to bring it back to its policy
 
 
 @dataclass(frozen=True)
@@ -395,6 +520,21 @@ class Status:
     alive: tuple[str, ...]
     checkpoints: tuple[CheckpointStatus, ...]
     conflicts: tuple[tuple[CatalogEntry, ...], ...] = ()  # versions claimed twice: corruption
+    # Each live node's report about itself (core/node_report.py: "scrub", ...); None for a
+    # node that did not answer.
+    nodes: tuple[tuple[str, dict[str, Any] | None], ...] = ()
+    # Repair (docs/self-healing.md): bytes still to re-create for every checkpoint, the
+    # repair rate every node reports together, and the ETA from them (None: unknown).
+    repair_bytes_left: int = 0
+    repair_rate: float = 0.0
+    repair_eta: float | None = None
+
+
+@dataclass(frozen=True)
+class VerifyDone:
+    """The end of a verify: plain data (core/verify.py ``verify_report``)."""
+
+    report: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class Position:
     handle: Any = None  # verified bytes
     busy: bool = False
     retried: bool = False  # asked a peer again after its connection broke
+    widened: bool = False  # every live node became a candidate for it
 
     @property
     def settled_or_busy(self) -> bool:
@@ -162,7 +163,7 @@ class GetOperation(Operation):
     def _schedule(self, now: float, fetch: StripeFetch) -> None:
         """Keep at least k positions verified or being fetched: data positions first (each
         from its primary, then its other replica), then parity; when no hinted source is
-        left, every live node becomes a candidate once. Fail when nothing is left."""
+        left, every live node becomes a candidate (once per position). Fail when nothing is left."""
         if self._handed_over(fetch):
             return  # its pieces are with the shell, on their way to the client
         k = fetch.entry.k
@@ -183,11 +184,14 @@ class GetOperation(Operation):
                     break
             if started:
                 continue
-            if not fetch.widened:
+            # Once per position, and also for one that was busy when the others ran dry:
+            # repair re-creates pieces on nodes the placement hint does not name.
+            unwidened = [p for p in fetch.positions if not p.settled_or_busy and not p.widened]
+            if unwidened:
                 fetch.widened = True
-                for position in fetch.positions:
-                    if not position.settled_or_busy:
-                        position.candidates = [n for n in sorted(self.node.alive) if n not in position.tried]
+                for position in unwidened:
+                    position.widened = True
+                    position.candidates = [n for n in sorted(self.node.alive) if n not in position.tried]
                 continue
             if not any(p.busy for p in fetch.positions):
                 self._fail_stripe(fetch)
@@ -246,6 +250,7 @@ class GetOperation(Operation):
         if not ok:
             self.node.stats["corrupt_pieces_fetched"] += 1
             self.node.emit(ev.ReleaseHandles((handle,)))
+            self.node.integrity.suspect(now, peer, position.piece_id)  # quarantine and repair it there
             self._source_failed(now, number, position, peer, "corrupt")
             return
         position.busy = False

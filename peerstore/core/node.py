@@ -19,7 +19,9 @@ from peerstore.core import events as ev
 from peerstore.core.context import NodeContext, Operation
 from peerstore.core.get import GetOperation
 from peerstore.core.put import PutOperation
+from peerstore.core.node_report import encode_report
 from peerstore.core.status import StatusOperation
+from peerstore.core.verify import VerifyOperation
 from peerstore.ec import piece_id
 from peerstore.errors import FormatError
 from peerstore.model.catalog import Catalog, CatalogNotFound
@@ -43,6 +45,8 @@ class NodeCore(NodeContext):
             # not when some unrelated timer fires.
             for op in list(self._ops.values()):
                 op.tick(now)
+        self.integrity.step(now)  # scrub: the next read may be due, or a piece just arrived
+        self.repair.pump(now)  # memory, flow control or a finished step may let repair go on
         return self._drain()
 
     def tick(self, now: float) -> list[ev.Effect]:
@@ -51,11 +55,23 @@ class NodeCore(NodeContext):
             self._fail_request(now, pending.req, "timeout")
         for op in list(self._ops.values()):
             op.tick(now)
+        self.gc.tick(now)
+        self.integrity.step(now)
+        self.repair.tick(now)
+        self.store_health.tick(now)
         return self._drain()
 
     def next_deadline(self) -> float | None:
         deadlines = [p.deadline for p in self._pending.values()]
         deadlines += [d for op in self._ops.values() if (d := op.next_deadline()) is not None]
+        if (gc_due := self.gc.next_deadline()) is not None:
+            deadlines.append(gc_due)
+        if (scrub_due := self.integrity.next_deadline()) is not None:
+            deadlines.append(scrub_due)
+        if (repair_due := self.repair.next_deadline()) is not None:
+            deadlines.append(repair_due)
+        if (probe_due := self.store_health.next_deadline()) is not None:
+            deadlines.append(probe_due)
         return min(deadlines, default=None)
 
     def _start_operation(self, now: float, op: Operation) -> None:
@@ -75,6 +91,9 @@ class NodeCore(NodeContext):
     def _on_get(self, now: float, cmd: ev.GetCommand) -> None:
         self._start_operation(now, GetOperation(self, self.new_id(), cmd))
 
+    def _on_verify(self, now: float, cmd: ev.VerifyCommand) -> None:
+        self._start_operation(now, VerifyOperation(self, self.new_id(), cmd))
+
     def _on_status(self, now: float, cmd: ev.StatusCommand) -> None:
         self._start_operation(now, StatusOperation(self, self.new_id(), cmd.client))
 
@@ -85,7 +104,9 @@ class NodeCore(NodeContext):
 
     def _on_remove(self, now: float, cmd: ev.RemoveCommand) -> None:
         try:
-            versions = self.catalog.rm(cmd.spec)
+            # On a copy: the local merge below must see the tombstones as new, so that
+            # they are written to disk before the client hears they are removed.
+            versions = self.catalog.copy().rm(cmd.spec)
         except CatalogNotFound as err:
             self.emit(ev.Reply(cmd.client, ev.Failed(str(err))))
             return
@@ -100,6 +121,8 @@ class NodeCore(NodeContext):
             op.cancel(now)
 
     def _on_started(self, now: float, event: ev.Started) -> None:
+        self.gc.started(now)
+        self.repair.start(now)
         self.refresh_catalog(now, lambda t, acks: None)
 
     def _on_catalog_differs(self, now: float, event: ev.CatalogDiffers) -> None:
@@ -113,6 +136,10 @@ class NodeCore(NodeContext):
             self.refresh_catalog(now, lambda t, acks: None, peers=sorted(returning))
         for op in list(self._ops.values()):
             op.on_members_changed(now)
+        self.repair.on_members_changed(now)
+
+    def _on_store_health(self, now: float, event: ev.StoreHealthChanged) -> None:
+        self.store_health.observe(now, event.writable, event.reason)
 
     def _on_unreachable(self, now: float, event: ev.PeerUnreachable) -> None:
         self._fail_request(now, event.req, "unreachable")
@@ -156,12 +183,17 @@ class NodeCore(NodeContext):
         if payload is None:
             self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=False, error="no payload")))
             return
+        refusal = self.store_health.refusal()
+        if refusal is not None and m.piece_id not in self.inventory:  # a held copy is durable already
+            self.emit(ev.ReleaseHandles((payload,)))
+            self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=False, error=refusal)))
+            return
 
         def stored(t: float, ok: bool, error: str) -> None:
             self.emit(ev.ReleaseHandles((payload,)))
             self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=ok, error=error)))
 
-        self.store_piece(m.piece_id, payload, stored)
+        self.store_piece(m.piece_id, payload, stored, size=m.size)
 
     def _serve_fetch_piece(self, now: float, peer: str, m: msg.FetchPiece, payload: Any) -> None:
         found = m.piece_id in self.inventory
@@ -217,6 +249,16 @@ class NodeCore(NodeContext):
                 bits[i // 8] |= 1 << (i % 8)
         self.emit(ev.Send(peer, msg.PiecesHeld(m.req, held=bytes(bits))))
 
+    def _serve_verify_pieces(self, now: float, peer: str, m: msg.VerifyPieces, payload: Any) -> None:
+        self.integrity.serve_verify(now, peer, m)
+
+    def _serve_report_node(self, now: float, peer: str, m: msg.ReportNode, payload: Any) -> None:
+        self.emit(ev.Send(peer, msg.NodeReport(m.req, blob=encode_report(self.node_report(now)))))
+
+    def _serve_renew_lease(self, now: float, peer: str, m: msg.RenewLease, payload: Any) -> None:
+        held = self.gc.serve_renewal(now, m.piece_ids, float(m.seconds))
+        self.emit(ev.Send(peer, msg.PiecesHeld(m.req, held=held)))
+
     _SERVERS = {
         msg.StorePiece: _serve_store_piece,
         msg.FetchPiece: _serve_fetch_piece,
@@ -225,6 +267,9 @@ class NodeCore(NodeContext):
         msg.CatalogUpdate: _serve_catalog_update,
         msg.SyncCatalog: _serve_sync_catalog,
         msg.QueryPieces: _serve_query_pieces,
+        msg.RenewLease: _serve_renew_lease,
+        msg.VerifyPieces: _serve_verify_pieces,
+        msg.ReportNode: _serve_report_node,
     }
 
     _HANDLERS: dict[type, Callable[..., None]] = {
@@ -233,6 +278,7 @@ class NodeCore(NodeContext):
         ev.ListCommand: _on_list,
         ev.RemoveCommand: _on_remove,
         ev.StatusCommand: _on_status,
+        ev.VerifyCommand: _on_verify,
         ev.CancelCommand: _on_cancel,
         ev.MessageReceived: _on_message,
         ev.PeerUnreachable: _on_unreachable,
@@ -250,4 +296,10 @@ class NodeCore(NodeContext):
         ev.ManifestStoredLocally: _on_completion,
         ev.ManifestLoaded: _on_completion,
         ev.CatalogPersisted: _on_completion,
+        ev.PiecesDeleted: _on_completion,
+        ev.ManifestsDeleted: _on_completion,
+        ev.PiecesRebuilt: _on_completion,
+        ev.MembershipPersisted: _on_completion,
+        ev.StoreProbed: _on_completion,
+        ev.StoreHealthChanged: _on_store_health,
     }

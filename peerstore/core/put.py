@@ -22,7 +22,9 @@ from typing import Any
 
 from peerstore.model import placement
 from peerstore.core import events as ev
+from peerstore.core.collector import LeaseHolder
 from peerstore.core.fanout import Fanout
+from peerstore.core.store_health import READ_ONLY
 from peerstore.core.context import NodeContext, Operation
 from peerstore.ec import iter_stripes
 from peerstore.errors import PeerstoreError
@@ -116,6 +118,17 @@ class PutOperation(Operation):
         except PeerstoreError as err:
             self.finish(ev.Failed(str(err)))
             return
+        clash = self.node.catalog.case_clash(self.cmd.name)
+        if clash is not None:
+            self.finish(ev.Failed(
+                f"checkpoint name {self.cmd.name} differs from the existing {clash} only by case; the two "
+                f"would collide on macOS: store it as {clash}, or rm {clash} first"
+            ))
+            return
+        refusal = self.node.store_health.refusal()
+        if refusal is not None:  # the new version's counter must be written durably here
+            self.finish(ev.Failed(f"this node cannot coordinate a put: its {refusal}; put through another node"))
+            return
         alive = len(self.node.alive)
         k, p = self.policy.stripe_width, self.policy.parity
         if alive < 2:
@@ -135,6 +148,8 @@ class PutOperation(Operation):
             for span in iter_stripes(spec.size, self.policy.shard_size, k):
                 self.plan.append(PlannedStripe(index, span.offset, tuple(s.length for s in span.shards)))
             self.file_last_stripe[index] = len(self.plan)  # stripes below this belong to files <= index
+        # Until this put ends, garbage collection leaves its pieces alone on every node.
+        self.node.gc.hold(now, self.op_id, LeaseHolder(self._lease_pieces, self._pieces_lost))
         self.node.reserve_version(self.cmd.name, self._version_reserved)
         self._pump(now)
 
@@ -272,6 +287,7 @@ class PutOperation(Operation):
         self.node.store_piece(
             transfer.piece_id, transfer.handle,
             lambda t, ok, error: self._transfer_answered(t, transfer, ok, error or "local store failed"),
+            size=transfer.size,
         )
 
     def _transfer_answered(self, now: float, transfer: Transfer, ok: bool, why: str) -> None:
@@ -290,6 +306,7 @@ class PutOperation(Operation):
         give_up = (
             why == "timeout"
             or "full" in why
+            or READ_ONLY in why  # the target takes no pieces until its disk is writable again
             or transfer.attempts >= self.node.settings.retries
             or not self.node.is_alive(transfer.target)
         )
@@ -471,7 +488,30 @@ class PutOperation(Operation):
     def _fail(self, reason: str) -> None:
         self.finish(ev.Failed(f"put {self.cmd.name} failed: {reason}"))
 
+    # -- leases --------------------------------------------------------------------------
+
+    def _lease_pieces(self) -> dict[str, set[bytes]]:
+        """Every node this put sent (or is sending) pieces to, and those pieces."""
+        out: dict[str, set[bytes]] = {}
+        for target, pid in self.transfers:
+            out.setdefault(target, set()).add(pid)
+        return out
+
+    def _pieces_lost(self, now: float, target: str, piece_ids: list[bytes]) -> None:
+        """A lease renewal found acknowledged pieces gone from ``target`` (a disk lost, a
+        rotten copy moved aside, or a lease that lapsed): the count of durable copies
+        this put would commit with is wrong, so it fails rather than claim it."""
+        if self.finished or self.phase is Phase.CATALOG:
+            return
+        gone = [pid for pid in piece_ids
+                if (t := self.transfers.get((target, pid))) is not None and not t.in_flight
+                and t.slots and all(slot.acked for _, slot in t.slots)]
+        if gone:
+            self._fail(f"{len(gone)} acknowledged piece(s) are no longer on node {target} "
+                       f"(first {gone[0].hex()[:16]}); try again")
+
     def cleanup(self) -> None:
+        self.node.gc.release(self.op_id)
         handles = tuple(h for s in self.stripes.values() for h in s.handles)
         if handles:
             self.node.emit(ev.ReleaseHandles(handles))

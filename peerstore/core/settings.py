@@ -1,7 +1,7 @@
 """Tunables of the node core, and the one place their defaults are written.
 
-The config's ``transfer:`` section (``peerstore.shell.config.TransferSettings``) takes its
-defaults from here, and the daemon builds its core's settings with
+The config's ``transfer:``, ``gc:``, ``retention:``, ``scrub:`` and ``repair:`` sections
+(``peerstore.shell.config``) take their defaults from here, and the daemon builds its core's settings with
 :meth:`CoreSettings.from_config`. So a simulated node with ``CoreSettings()`` runs what a
 daemon with a default config runs.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from peerstore.core.scrub import DEFAULT_MAX_BYTES_PER_SECOND, DEFAULT_PERIOD
 from peerstore.model.policy import MiB, Policy
 
 REQUEST_TIMEOUT = 10.0
@@ -26,6 +27,17 @@ class CoreSettings:
     max_inflight_bytes_per_peer: int = 32 * MiB
     memory_budget: int = 128 * MiB  # stripe buffers held by the shell for this node's ops
     commit_timeout: float = REQUEST_TIMEOUT  # per manifest / catalog request during commit
+    # Garbage collection (config ``gc:``) and retention (config ``retention:``), core/collector.py.
+    gc_interval: float = 60.0  # seconds between GC passes on each node
+    gc_lease_seconds: float = 120.0  # a piece stored or renewed for a put stays this long
+    gc_margin_seconds: float = 60.0  # ... and this much longer before GC may take it
+    retention_keep_last: int | None = None  # versions kept per name; None: every version
+    # Scrub (config ``scrub:``), core/scrub.py: every held piece re-read once per period.
+    scrub_period: float = DEFAULT_PERIOD  # seconds; 0 turns scrub off
+    scrub_max_bytes_per_second: int = DEFAULT_MAX_BYTES_PER_SECOND
+    # Repair after node loss (config ``repair:``), core/repairer.py.
+    repair_grace_seconds: float = 600.0  # a member away this long has its pieces re-created
+    repair_max_bytes_per_second: int = 32 * MiB  # repair's writes per node; 0: unlimited
 
     # The fields the config's ``transfer:`` section sets, under the same names.
     TRANSFER_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -33,10 +45,30 @@ class CoreSettings:
         "max_inflight_bytes_per_peer", "memory_budget",
     )
 
+    # The config's ``gc:`` and ``retention:`` keys, by the core field each one sets.
+    GC_FIELDS: ClassVar[dict[str, str]] = {
+        "gc_interval": "interval_seconds", "gc_lease_seconds": "lease_seconds",
+        "gc_margin_seconds": "margin_seconds",
+    }
+    RETENTION_FIELDS: ClassVar[dict[str, str]] = {"retention_keep_last": "keep_last"}
+    SCRUB_FIELDS: ClassVar[dict[str, str]] = {
+        "scrub_period": "period", "scrub_max_bytes_per_second": "max_bytes_per_second",
+    }
+    REPAIR_FIELDS: ClassVar[dict[str, str]] = {
+        "repair_grace_seconds": "grace_seconds", "repair_max_bytes_per_second": "max_bytes_per_second",
+    }
+
     @classmethod
-    def from_config(cls, policy: Policy, transfer: Any) -> CoreSettings:
+    def from_config(cls, policy: Policy, transfer: Any, *, gc: Any = None, retention: Any = None,
+                    scrub: Any = None, repair: Any = None) -> CoreSettings:
         """The settings a daemon runs with: ``transfer`` is the config's
         ``TransferSettings`` (taken by its attributes: the core never imports the config
-        reader); its ``request_timeout`` also bounds each commit request."""
+        reader); its ``request_timeout`` also bounds each commit request. ``gc``,
+        ``retention``, ``scrub`` and ``repair`` are the config's sections of those names (None:
+        the defaults)."""
         values = {name: getattr(transfer, name) for name in cls.TRANSFER_FIELDS}
+        for section, fields in ((gc, cls.GC_FIELDS), (retention, cls.RETENTION_FIELDS),
+                                (scrub, cls.SCRUB_FIELDS), (repair, cls.REPAIR_FIELDS)):
+            if section is not None:
+                values.update({name: getattr(section, key) for name, key in fields.items()})
         return cls(policy=policy, commit_timeout=transfer.request_timeout, **values)

@@ -31,6 +31,12 @@ class SnapshotWriter:
         self.done_ok = done_ok
         self.writing = False
         self.waiting: list[Done] = []
+        self.last_ok = True  # did the last write succeed (nothing written yet: the disk has it all)
+
+    @property
+    def idle(self) -> bool:
+        """The state as of the last request is durable: no write running, waiting or failed."""
+        return not self.writing and not self.waiting and self.last_ok
 
     def request(self, on_done: Done) -> None:
         self.waiting.append(on_done)
@@ -45,6 +51,7 @@ class SnapshotWriter:
         def written(now: float, completion: Any) -> None:
             self.writing = False
             ok, error = self.done_ok(completion)
+            self.last_ok = ok
             for on_done in waiters:
                 on_done(now, ok, error)
             if self.waiting and not self.writing:

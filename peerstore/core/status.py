@@ -1,17 +1,22 @@
 """``status``: every live checkpoint with its tolerance *now*, from real inventories.
 
 Tolerance is computed over the nodes that actually hold each piece, as reported by every
-live node (QueryPieces), not over the placement hint in the manifest.
+live node (QueryPieces), not over the placement hint in the manifest. Every live node is
+also asked for its report about itself (ReportNode: its last scrub result, ...), at the
+same time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from peerstore.model import placement
 from peerstore.core import events as ev
 from peerstore.core.manifests import ManifestFetch
 from peerstore.core.context import NodeContext, Operation
+from peerstore.core.node_report import decode_report
+from peerstore.core.repair import health, stripes_of
 from peerstore.model.catalog import CatalogEntry
 from peerstore.model.manifest import Manifest
 from peerstore.wire import messages as msg
@@ -26,9 +31,30 @@ class StatusOperation(Operation):
         self.manifests: dict[bytes, Manifest | None] = {}
         self.holders: dict[bytes, set[str]] = {}
         self.queries_left = 0
+        self.reports: dict[str, dict[str, Any] | None] = {}
+        self.reports_left = 0
+        self.result: ev.Status | None = None  # ready, waiting for the last node reports
 
     def start(self, now: float) -> None:
+        self._ask_reports(now)
         self._next_manifest(now)
+
+    def _ask_reports(self, now: float) -> None:
+        self.reports[self.node.node_id] = self.node.node_report(now)
+        peers = sorted(self.node.alive - {self.node.node_id})
+        self.reports_left = len(peers)
+
+        def answered(peer: str, reply: Any) -> None:
+            self.reports[peer] = decode_report(reply.blob) if isinstance(reply, msg.NodeReport) else None
+            self.reports_left -= 1
+            self._finish_when_ready()
+
+        for peer in peers:
+            self.node.request(
+                now, peer, lambda req: msg.ReportNode(req),
+                lambda t, reply, payload, peer=peer: answered(peer, reply),
+                lambda t, why, peer=peer: answered(peer, None),
+            )
 
     def _next_manifest(self, now: float) -> None:
         missing = [e for e in self.entries if e.manifest_id not in self.manifests]
@@ -82,6 +108,8 @@ class StatusOperation(Operation):
 
     def _report(self) -> None:
         rows = []
+        stripes = {mid: stripes_of(m, mid) for mid, m in self.manifests.items() if m is not None}
+        against_policy = health(stripes, self.holders, self.node.alive)
         for entry in self.entries:
             manifest = self.manifests.get(entry.manifest_id)
             if manifest is None:
@@ -94,6 +122,21 @@ class StatusOperation(Operation):
                 ),
                 empty=len(self.node.alive) - 1,
             )
-            rows.append(ev.CheckpointStatus(entry, pieces=len(manifest.piece_ids()), tolerance=tolerance))
-        self.finish(ev.Status(self.node.node_id, tuple(sorted(self.node.alive)), tuple(rows),
-                              conflicts=tuple(self.node.catalog.conflicts())))
+            policy = against_policy[entry.manifest_id]
+            rows.append(ev.CheckpointStatus(entry, pieces=len(manifest.piece_ids()), tolerance=tolerance,
+                                            best=policy.best, below_policy=policy.below_policy,
+                                            repair_bytes=policy.repair_bytes))
+        self.result = ev.Status(self.node.node_id, tuple(sorted(self.node.alive)), tuple(rows),
+                                conflicts=tuple(self.node.catalog.conflicts()),
+                                repair_bytes_left=sum(h.repair_bytes for h in against_policy.values()))
+        self._finish_when_ready()
+
+    def _finish_when_ready(self) -> None:
+        if self.result is not None and self.reports_left == 0 and not self.finished:
+            nodes = tuple(sorted(self.reports.items()))
+            # Every node repairs the stripes it owns: the cluster's rate is the sum of theirs.
+            rate = sum(float(r["repair"].get("rate") or 0) for _, r in nodes
+                       if r and isinstance(r.get("repair"), dict))
+            left = self.result.repair_bytes_left
+            eta = left / rate if rate > 0 and left else None
+            self.finish(dataclasses.replace(self.result, nodes=nodes, repair_rate=rate, repair_eta=eta))

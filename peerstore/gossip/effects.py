@@ -12,10 +12,13 @@ Addr = tuple[str, int]
 
 @dataclass(frozen=True)
 class SendDatagram:
-    """Send ``message`` (msgpack-encodable, within the size budget) over UDP to ``addr``."""
+    """Send ``message`` (msgpack-encodable, within the size budget) over UDP to ``addr``,
+    where node ``to`` is believed to be: the datagram is sealed for that node alone, so
+    it does not open anywhere else (``peerstore.wire.datagram``)."""
 
     addr: Addr
     message: dict[str, Any]
+    to: str = ""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,18 @@ One probe round (every ``probe_interval``, stretched by local health):
 
 A suspicion becomes a death when its Lifeguard timer expires; independent confirmations
 shorten the timer. A node suspected or declared dead refutes with a higher incarnation.
+
+Implausible incarnations. Any holder of the cluster key can forge updates, and a claim
+about a member at the largest incarnation would leave it nothing to refute with: it would
+stay dead for good. So a claim is capped (not refused) before it is applied: a known
+member's incarnation may rise by at most ``INCARNATION_STEP`` per ``INCARNATION_WINDOW``
+probe intervals (a real member that restarted more often than that while unseen is seen
+at the capped number, alive, and catches up window by window), and a member first heard
+of starts at most at ``FIRST_SIGHT_CEILING``. One above what we hold is always accepted:
+that is how a member refutes a claim capped to the top of its window. Accusations about
+ourselves are capped the same way before we refute them. Climbing to the top then takes
+an insider decades of forging; the real member can always refute above what the others
+accepted.
 Updates ride on pings and acks, on gossip to a few random members every
 ``gossip_interval``, and a full state exchange (push-pull) runs every
 ``pushpull_interval`` with one live member and one dead one (which re-merges healed
@@ -34,6 +46,7 @@ the one member table, as memberlist's state.go does; splitting it would spread t
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -89,6 +102,12 @@ NACK_TIMEOUT_FRACTION = 0.8  # Lifeguard: a helper nacks before the requester gi
 ISOLATION_PROBES = 5  # probe intervals alone before asking for seeds
 RESEED_PROBES = 2  # while alone, re-contact seeds and known members this often (probe intervals)
 ARRAY_HEADER_SLACK = 2  # msgpack array header grows from 1 to 3 bytes past 15 items
+# Plausible incarnations (module docstring). A boot adds 2**32 (core/membership.py), so a
+# step is 64 unseen restarts; at one step a minute (1 s probes), forging from the first-sight
+# ceiling up to 2**63 takes 2**24 minutes, about 30 years.
+INCARNATION_STEP = 1 << 38
+INCARNATION_WINDOW = 60  # probe intervals
+FIRST_SIGHT_CEILING = 1 << 62
 MIN_MESSAGE_BYTES = 768  # room for the largest member update beside the largest header
 
 STATS_KEYS = (
@@ -106,6 +125,7 @@ STATS_KEYS = (
     "bytes_in",
     "bytes_out",
     "dropped_messages",
+    "incarnations_capped",
 )
 
 
@@ -129,6 +149,7 @@ class _Helping:
     requester_seq: int
     want_nack: bool
     deadline: float
+    requester_id: str = ""
 
 
 @dataclass
@@ -198,6 +219,7 @@ class Swim:
         self._need_seeds_backoff = 0.0
         self._reseed_at = inf
         self._seeds: dict[Addr, None] = {}  # remembered seed addresses, oldest first
+        self._inc_base: dict[str, tuple[int, float]] = {}  # member -> (incarnation, since): the cap's base
         self._now = now
         self.stats: dict[str, int] = dict.fromkeys(STATS_KEYS, 0)
 
@@ -337,7 +359,8 @@ class Swim:
         effects: list[Effect] = [MemberChanged(self.node_id, old, MemberState.LEFT, me.snapshot())]
         targets = [v for v in self._members.values() if v is not me and not v.state.gone]
         for target in self.rng.sample(targets, min(LEAVE_FANOUT, len(targets))):
-            effects.append(self._datagram(target.addr, m.datagram("gossip", self.node_id), first=left))
+            gossip = m.datagram("gossip", self.node_id)
+            effects.append(self._datagram(target.node_id, target.addr, gossip, first=left))
         return effects
 
     def set_addr(self, now: float, addr: Addr) -> list[Effect]:
@@ -517,13 +540,13 @@ class Swim:
             # not mistaken for alive.
             self.stats["dropped_messages"] += 1
             return
-        effects.append(self._datagram(from_addr, m.datagram("ack", self.node_id, s=dg.seq)))
+        effects.append(self._datagram(dg.sender, from_addr, m.datagram("ack", self.node_id, s=dg.seq)))
 
     def _on_ack(self, now: float, from_addr: Addr, dg: m.Datagram, effects: list[Effect]) -> None:
         helping = self._helping.pop(dg.seq, None)
         if helping is not None:
             ack = m.datagram("ack", self.node_id, s=helping.requester_seq)
-            effects.append(self._datagram(helping.requester, ack))
+            effects.append(self._datagram(helping.requester_id, helping.requester, ack))
             return
         self._probe_acked(now, dg.seq)
 
@@ -534,7 +557,7 @@ class Swim:
 
     def _on_preq(self, now: float, from_addr: Addr, dg: m.Datagram, effects: list[Effect]) -> None:
         if dg.target == self.node_id:
-            effects.append(self._datagram(from_addr, m.datagram("ack", self.node_id, s=dg.seq)))
+            effects.append(self._datagram(dg.sender, from_addr, m.datagram("ack", self.node_id, s=dg.seq)))
             return
         if len(self._helping) >= MAX_HELPING or dg.target_addr is None:
             self.stats["dropped_messages"] += 1
@@ -543,8 +566,9 @@ class Swim:
         # The requester waits (probe_interval - probe_timeout) after asking us; answering
         # at the full probe_timeout would land our nack just after it stopped counting.
         deadline = now + NACK_TIMEOUT_FRACTION * self.settings.probe_timeout
-        self._helping[seq] = _Helping(from_addr, dg.seq, dg.want_nack, deadline)
-        effects.append(self._datagram(dg.target_addr, m.datagram("ping", self.node_id, s=seq, to=dg.target)))
+        self._helping[seq] = _Helping(from_addr, dg.seq, dg.want_nack, deadline, dg.sender)
+        effects.append(self._datagram(
+            dg.target, dg.target_addr, m.datagram("ping", self.node_id, s=seq, to=dg.target)))
 
     def _on_gossip(self, now: float, from_addr: Addr, dg: m.Datagram, effects: list[Effect]) -> None:
         pass  # its updates were applied already
@@ -569,7 +593,7 @@ class Swim:
             # Lifeguard's buddy rule: tell the suspect directly so it can refute at once.
             buddy = m.Suspect(target.node_id, target.incarnation, self.node_id)
         ping = m.datagram("ping", self.node_id, s=seq, to=target.node_id)
-        effects.append(self._datagram(target.addr, ping, first=buddy))
+        effects.append(self._datagram(target.node_id, target.addr, ping, first=buddy))
         self.stats["probes_sent"] += 1
 
     def _next_probe_target(self) -> Member | None:
@@ -610,7 +634,7 @@ class Swim:
             preq = m.datagram(
                 "preq", self.node_id, s=probe.seq, to=target.node_id, ad=list(target.addr), nk=True
             )
-            effects.append(self._datagram(helper.addr, preq))
+            effects.append(self._datagram(helper.node_id, helper.addr, preq))
         probe.expected_nacks = len(helpers)
         self.stats["indirect_probes_sent"] += len(helpers)
         if len(helpers) < 2 and len(self._streams) < MAX_PENDING_STREAMS:
@@ -660,7 +684,7 @@ class Swim:
             helping = self._helping.pop(seq)
             if helping.want_nack:
                 nack = m.datagram("nack", self.node_id, s=helping.requester_seq)
-                effects.append(self._datagram(helping.requester, nack))
+                effects.append(self._datagram(helping.requester_id, helping.requester, nack))
 
     def _expire_streams(self, now: float) -> None:
         for request_id in [k for k, p in self._streams.items() if now >= p.forget_at]:
@@ -669,6 +693,11 @@ class Swim:
     # Applying updates ------------------------------------------------------------------
 
     def _apply(self, now: float, update: m.Update, effects: list[Effect]) -> None:
+        if not isinstance(update, m.AppUpdate):
+            capped = self._plausible(now, update.node, update.incarnation)
+            if capped != update.incarnation:
+                self.stats["incarnations_capped"] += 1
+                update = dataclasses.replace(update, incarnation=capped)
         if isinstance(update, m.Alive):
             self._apply_alive(now, update, effects)
         elif isinstance(update, m.Suspect):
@@ -790,6 +819,19 @@ class Swim:
         effects.append(AppMessage(u.origin, u.key, u.payload))
         self._enqueue(u)
 
+    def _plausible(self, now: float, node_id: str, incarnation: int) -> int:
+        """``incarnation`` capped to what a claim about ``node_id`` may plausibly carry now
+        (module docstring); our own entry is capped the same way."""
+        member = self._members.get(node_id)
+        if member is None:
+            return min(incarnation, FIRST_SIGHT_CEILING)
+        base, since = self._inc_base.get(node_id, (member.incarnation, now))
+        if now - since >= INCARNATION_WINDOW * self.settings.probe_interval or base > member.incarnation:
+            base, since = member.incarnation, now
+        self._inc_base[node_id] = (base, since)
+        # One above what we hold is always plausible: it is how the member refutes.
+        return min(incarnation, max(base + INCARNATION_STEP, member.incarnation + 1))
+
     def _refute(self, accused_incarnation: int) -> None:
         me = self._me
         me.incarnation = max(me.incarnation, accused_incarnation) + 1
@@ -822,9 +864,10 @@ class Swim:
         return message
 
     def _datagram(
-        self, addr: Addr, message: dict[str, Any], *, first: m.Update | None = None
+        self, to: str, addr: Addr, message: dict[str, Any], *, first: m.Update | None = None
     ) -> SendDatagram:
-        """A datagram carrying as many queued updates as fit the size budget."""
+        """A datagram for node ``to`` at ``addr``, carrying as many queued updates as fit
+        the size budget (the shell binds ``to`` into the datagram's MAC)."""
         updates: list[dict[str, Any]] = []
         if message["t"] != "nack":
             room = self.max_message_bytes - m.encoded_size({**message, "g": []}) - ARRAY_HEADER_SLACK
@@ -837,7 +880,7 @@ class Swim:
         message = self._with_updates(message, updates)
         self.stats["messages_out"] += 1
         self.stats["bytes_out"] += m.encoded_size(message)
-        return SendDatagram(addr, message)
+        return SendDatagram(addr, message, to)
 
     def _gossip_round(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -853,7 +896,7 @@ class Swim:
         for target in self.rng.sample(candidates, min(self.settings.gossip_nodes, len(candidates))):
             if not self._queue:
                 break
-            effects.append(self._datagram(target.addr, m.datagram("gossip", self.node_id)))
+            effects.append(self._datagram(target.node_id, target.addr, m.datagram("gossip", self.node_id)))
         return effects
 
     def _estimated_size(self) -> int:
@@ -950,6 +993,7 @@ class Swim:
                 and now - member.state_since >= s.tombstone_lifetime
             ):
                 del self._members[node_id]
+                self._inc_base.pop(node_id, None)
                 effects.append(MemberRemoved(node_id, member.snapshot()))
 
     def _check_isolation(self, now: float, effects: list[Effect]) -> None:

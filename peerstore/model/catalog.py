@@ -16,7 +16,9 @@ import blake3
 from peerstore.errors import FormatError, InvalidNameError, PeerstoreError
 from peerstore.model.codec import FORMAT_VERSION, Fields, array, digest, integer, pack, real, text, unpack_document
 from peerstore.model.manifest import MAX_FILE_SIZE, MAX_TOLERANCE, Manifest, decode_version
-from peerstore.model.names import MAX_COUNTER, MAX_FILES, MAX_NAME_LEN, VersionId, parse_spec, parse_version_selector, validate_name
+from peerstore.model.names import (
+    MAX_COUNTER, MAX_FILES, MAX_NAME_LEN, VersionId, name_key, parse_spec, parse_version_selector, validate_name,
+)
 
 MAX_CATALOG_BYTES = 64 * 1024 * 1024
 MAX_CATALOG_ENTRIES = 1_000_000  # entries, and separately tombstones
@@ -177,6 +179,10 @@ class Catalog:
         """True if the version has arrived and is not tombstoned."""
         return version in self._versions.get(name, {}) and version not in self._removed.get(name, ())
 
+    def is_tombstoned(self, name: str, version: VersionId) -> bool:
+        """True if (name, version) was removed, whether or not its entry has arrived."""
+        return version in self._removed.get(name, ())
+
     def live_versions(self, name: str) -> list[CatalogEntry]:
         """Live versions of ``name``, oldest first (ascending VersionId); a conflicting
         version lists every entry that claims it."""
@@ -198,6 +204,21 @@ class Catalog:
     def names(self) -> list[str]:
         """Names with at least one live version, sorted."""
         return sorted(name for name in self._versions if self.live_versions(name))
+
+    def case_clash(self, name: str) -> str | None:
+        """A name with live versions that differs from ``name`` only by case, while
+        ``name`` itself has none: a put of ``name`` would make a second directory that
+        collides with it on macOS, so the coordinator refuses it. None when there is no
+        such name, or when ``name`` already has live versions (two coordinators raced,
+        and both names exist: puts to either go on; ``rm`` one of them to clear it).
+
+        "Exists" means live in this replica: a name another node stored a moment ago and
+        that has not reached this catalog yet is not seen (docs/architecture.md)."""
+        if self.live_versions(name):
+            return None
+        key = name_key(name)
+        clashing = sorted(other for other in self._versions if other != name and name_key(other) == key)
+        return next((other for other in clashing if self.live_versions(other)), None)
 
     def resolve(self, spec: str) -> CatalogEntry:
         """"NAME" -> latest live version; "NAME@3" -> the live version with counter 3;

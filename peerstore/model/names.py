@@ -112,6 +112,13 @@ def validate_name(name: str) -> str:
     return name
 
 
+def name_key(name: str) -> str:
+    """``name`` folded for comparison: two names with one key name the same directory on a
+    case-insensitive file system (macOS, Windows), so a second one is refused
+    (``Catalog.case_clash``). Names are ASCII, so lowercasing is case folding."""
+    return name.lower()
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """"NAME" -> (NAME, None); "NAME@V" -> (NAME, V), both validated (V lowercased)."""
     if not isinstance(spec, str):

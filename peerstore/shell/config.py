@@ -16,6 +16,7 @@ import difflib
 import ipaddress
 import json
 import math
+import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -26,9 +27,10 @@ from typing import Any
 import yaml
 
 from peerstore.core.settings import CoreSettings
-from peerstore.errors import ConfigError
+from peerstore.errors import ConfigError, InvalidNameError
 from peerstore.gossip.settings import GossipSettings  # pure (the simulator uses it); read here
 from peerstore.model.policy import MAX_PARITY, MAX_SHARD_SIZE, MAX_STRIPE_WIDTH, MIN_SHARD_SIZE, KiB, MiB, Policy
+from peerstore.watch.naming import DEFAULT_TEMPLATE, MAX_PATTERN_LEN, MAX_PATTERNS, MAX_TEMPLATE_LEN, Naming
 
 GiB = 1024 * MiB
 TiB = 1024 * GiB
@@ -57,13 +59,55 @@ class TransferSettings:
 
 
 @dataclass(frozen=True)
+class RepairSettings:
+    """Repair after node loss (docs/self-healing.md); defaults are the core's."""
+
+    grace_seconds: float = CoreSettings.repair_grace_seconds
+    max_bytes_per_second: int = CoreSettings.repair_max_bytes_per_second
+
+
+@dataclass(frozen=True)
+class GcSettings:
+    """Garbage collection (docs/self-healing.md): each node deletes the pieces no live
+    version needs, leaving alone those a running put holds a lease on. Defaults are the core's."""
+
+    interval_seconds: float = CoreSettings.gc_interval
+    lease_seconds: float = CoreSettings.gc_lease_seconds
+    margin_seconds: float = CoreSettings.gc_margin_seconds
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How many versions of each checkpoint name the cluster keeps (None: all of them)."""
+
+    keep_last: int | None = CoreSettings.retention_keep_last
+
+
+@dataclass(frozen=True)
 class WatchSettings:
-    """Directories `peerstore watch` stores checkpoints from, once they stop changing."""
+    """Directories the node stores checkpoints from, once they are finished (docs/watcher.md)."""
 
     paths: tuple[Path, ...] = ()
     settle_seconds: float = 5.0
     pending_retry_seconds: float = 10.0
     name_prefix: str = ""
+    name_template: str = DEFAULT_TEMPLATE
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def naming(self) -> Naming:
+        """The watcher's naming rule and patterns (InvalidNameError if they are bad)."""
+        return Naming(prefix=self.name_prefix, template=self.name_template, include=self.include,
+                      exclude=self.exclude)
+
+
+@dataclass(frozen=True)
+class ScrubSettings:
+    """Background re-reading of every held piece against its id (docs/self-healing.md).
+    Defaults are the core's (``CoreSettings``)."""
+
+    period: float = CoreSettings.scrub_period
+    max_bytes_per_second: int = CoreSettings.scrub_max_bytes_per_second
 
 
 @dataclass(frozen=True)
@@ -85,7 +129,11 @@ class Config:
     policy: Policy = Policy()
     gossip: GossipSettings = GossipSettings()
     transfer: TransferSettings = TransferSettings()
+    repair: RepairSettings = RepairSettings()
+    gc: GcSettings = GcSettings()
+    retention: RetentionSettings = RetentionSettings()
     watch: WatchSettings = WatchSettings()
+    scrub: ScrubSettings = ScrubSettings()
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,19 +406,71 @@ _TRANSFER_KEYS: dict[str, Checker] = {
 }
 
 
+_REPAIR_KEYS: dict[str, Checker] = {
+    "grace_seconds": _seconds(0, 30 * 86400),
+    "max_bytes_per_second": _size(0, 64 * GiB),
+}
+
+
+def _patterns(value, fail):
+    if not isinstance(value, list):
+        fail(f"expected a list of glob patterns like [\"checkpoint-*\"], got {_show(value)}")
+    if len(value) > MAX_PATTERNS:
+        fail(f"expected at most {MAX_PATTERNS} patterns, got {len(value)}")
+    return tuple(_text(MAX_PATTERN_LEN)(item, lambda problem, i=i: fail(f"item {i}: {problem}"))
+                 for i, item in enumerate(value))
+
+
 def _watch_keys(base_dir: Path | None) -> dict[str, Checker]:
     return {
         "paths": _path_list(base_dir),
         "settle_seconds": _seconds(0, 3600),
         "pending_retry_seconds": _seconds(0.1, 86400),
         "name_prefix": _text(100, empty_ok=True),
+        "name_template": _text(MAX_TEMPLATE_LEN),
+        "include": _patterns,
+        "exclude": _patterns,
     }
 
+
+def _check_watch(reader: "_Reader", watch: WatchSettings, data_dir: Path) -> None:
+    try:
+        watch.naming()
+    except InvalidNameError as err:
+        text = str(err)
+        key = ("watch.name_template" if "template" in text and "name_prefix" not in text
+               else "watch.include" if text.startswith("watch include")
+               else "watch.exclude" if text.startswith("watch exclude") else "watch.name_prefix")
+        reader.fail(key, text)
+    data = Path(os.path.abspath(data_dir))
+    seen: list[Path] = []
+    for i, path in enumerate(watch.paths):
+        watched = Path(os.path.abspath(path))
+        if data == watched or data.is_relative_to(watched):
+            reader.fail(f"watch.paths.{i}", f"{path} holds this node's data_dir ({data_dir}); the node would "
+                        "store its own pieces: watch a directory beside it")
+        for other in seen:
+            if watched == other or watched.is_relative_to(other) or other.is_relative_to(watched):
+                reader.fail(f"watch.paths.{i}", f"{path} overlaps {other}; list each directory once")
+        seen.append(watched)
+
+
+_GC_KEYS: dict[str, Checker] = {
+    "interval_seconds": _seconds(0.1, 86400),
+    "lease_seconds": _seconds(1, 86400),
+    "margin_seconds": _seconds(0, 86400),
+}
+_RETENTION_KEYS: dict[str, Checker] = {"keep_last": _optional(_integer(1, 1_000_000))}
+
+_SCRUB_KEYS: dict[str, Checker] = {
+    "period": _seconds(0, 365 * 86400),
+    "max_bytes_per_second": _size(64 * KiB, 64 * GiB),
+}
 
 _LISTEN_KEYS: dict[str, Checker] = {"host": _host, "port": _integer(1, 65535)}
 _METRICS_KEYS: dict[str, Checker] = {"host": _host, "port": _integer(0, 65535)}
 
-_SECTIONS = ("listen", "metrics", "policy", "gossip", "transfer", "watch")
+_SECTIONS = ("listen", "metrics", "policy", "gossip", "transfer", "repair", "gc", "retention", "watch", "scrub")
 _SCALARS: dict[str, Checker] = {
     "advertise_host": _optional(_host),
     "node_name": _optional(_text(64)),
@@ -463,7 +563,13 @@ def config_from_mapping(data: Any, source: str, base_dir: Path | None = None) ->
         reader.fail("transfer.backoff_max", f"must be at least transfer.backoff_base "
                     f"({transfer.backoff_base:g}), got {transfer.backoff_max:g}")
 
+    repair = RepairSettings(**reader.section(data.get("repair"), "repair", _REPAIR_KEYS))
+    gc = GcSettings(**reader.section(data.get("gc"), "gc", _GC_KEYS))
+    retention = RetentionSettings(**reader.section(data.get("retention"), "retention", _RETENTION_KEYS))
+
     watch = WatchSettings(**reader.section(data.get("watch"), "watch", _watch_keys(base_dir)))
+    _check_watch(reader, watch, base["data_dir"])
+    scrub = ScrubSettings(**reader.section(data.get("scrub"), "scrub", _SCRUB_KEYS))
 
     return Config(
         source=source,
@@ -473,7 +579,11 @@ def config_from_mapping(data: Any, source: str, base_dir: Path | None = None) ->
         policy=policy,
         gossip=gossip,
         transfer=transfer,
+        repair=repair,
+        gc=gc,
+        retention=retention,
         watch=watch,
+        scrub=scrub,
     )
 
 
@@ -581,7 +691,7 @@ def render_config(**overrides: Any) -> str:
         v["cluster_key"] = v["cluster_key"].hex()
     v["seeds"] = [s if isinstance(s, str) else _format_host_port(*s) for s in v["seeds"]]
 
-    p, g, t, w = Policy(), GossipSettings(), TransferSettings(), WatchSettings()
+    p, g, t, w, r = Policy(), GossipSettings(), TransferSettings(), WatchSettings(), RepairSettings()
     y = _yaml_value
     text = _TEMPLATE.format(
         data_dir=y(v["data_dir"]), cluster_key=y(v["cluster_key"]),
@@ -597,8 +707,14 @@ def render_config(**overrides: Any) -> str:
         memory_budget=y(format_size(t.memory_budget)),
         request_timeout=y(t.request_timeout), connect_timeout=y(t.connect_timeout),
         retries=t.retries, backoff_base=y(t.backoff_base), backoff_max=y(t.backoff_max),
+        grace_seconds=y(r.grace_seconds), repair_max_bytes_per_second=y(format_size(r.max_bytes_per_second)),
+        gc_interval_seconds=y(GcSettings().interval_seconds), gc_lease_seconds=y(GcSettings().lease_seconds),
+        gc_margin_seconds=y(GcSettings().margin_seconds), keep_last=y(RetentionSettings().keep_last),
         watch_paths=y([str(x) for x in w.paths]), settle_seconds=y(w.settle_seconds),
         pending_retry_seconds=y(w.pending_retry_seconds), name_prefix=y(w.name_prefix),
+        name_template=y(w.name_template), include=y(list(w.include)), exclude=y(list(w.exclude)),
+        scrub_period=y(ScrubSettings().period),
+        scrub_max_bytes_per_second=y(format_size(ScrubSettings().max_bytes_per_second)),
     )
     # Validate now so a bad override fails at `peerstore init`, not at the first `peerstore node`.
     config_from_mapping(yaml.load(text, Loader=_StrictLoader), "<rendered config>")
@@ -724,14 +840,65 @@ transfer:
   # Longest backoff delay, in seconds; at least backoff_base.
   backoff_max: {backoff_max}
 
-# `peerstore watch`: store checkpoints written into these directories.
+# Repair after node loss (docs/self-healing.md): the pieces of a member away longer than
+# the grace period are re-created on the others until every checkpoint is back at its
+# policy, only while this node sees a majority of the last stable membership.
+repair:
+  # Seconds a member may be away (a reboot, a pulled cable) before its pieces are re-created.
+  grace_seconds: {grace_seconds}
+  # Bytes per second this node's repair writes at most; 0 means unlimited.
+  max_bytes_per_second: {repair_max_bytes_per_second}
+
+# Garbage collection (docs/self-healing.md): every node deletes the pieces that no live
+# version needs any more (after `peerstore rm`, retention, or a failed put), so rm frees
+# disk space within about interval_seconds. A running put holds a lease on its pieces; GC
+# waits lease_seconds after the put's last renewal, plus margin_seconds, before it may
+# take them. The same values on every node.
+gc:
+  # Seconds between collection passes on this node.
+  interval_seconds: {gc_interval_seconds}
+  # Seconds a put's lease on a piece lasts; the put renews it three times per period.
+  lease_seconds: {gc_lease_seconds}
+  # Extra seconds GC waits after a lease ran out (covers a slow catalog update).
+  margin_seconds: {gc_margin_seconds}
+
+# Retention: keep only the newest keep_last versions of each checkpoint name; older ones
+# are removed (as by `peerstore rm NAME@V`) and GC frees their space. null keeps every version.
+retention:
+  # Versions kept per name (1 or more); null keeps them all.
+  keep_last: {keep_last}
+
+# The watcher: the node stores every checkpoint written into these directories once it is
+# finished (never a partial one), each version once. `peerstore watch DIR` does the same in
+# the foreground. Rules per format, naming and caveats: docs/watcher.md.
 watch:
-  # Directories to watch. Relative paths are relative to this file.
+  # Directories to watch, e.g. [runs/]. Relative paths are relative to this file.
   paths: {watch_paths}
-  # Seconds a checkpoint must stay unchanged before it is stored.
+  # Seconds a checkpoint must stay unchanged before it is stored. On macOS (no close
+  # events) this quiet time is the only sign a file is finished: keep it above the
+  # longest pause of your trainer's writes.
   settle_seconds: {settle_seconds}
-  # Seconds between retries of a checkpoint that could not be stored yet.
+  # Seconds between looks at a checkpoint that is not finished or could not be stored yet.
   pending_retry_seconds: {pending_retry_seconds}
-  # Prepended to each checkpoint's name in the store.
+  # Put in front of every name ({{prefix}} in name_template), e.g. "pi4/".
   name_prefix: {name_prefix}
+  # The name of a checkpoint from its path: {{run}} is the directories between the watched
+  # directory and the checkpoint, {{checkpoint}} its own name, so runs/llama/checkpoint-500
+  # becomes llama/checkpoint-500.
+  name_template: {name_template}
+  # Store only checkpoints matching one of these globs (empty: all). A pattern without "/"
+  # matches the checkpoint's own name ("checkpoint-*"), one with "/" its whole path.
+  include: {include}
+  # Never store checkpoints matching one of these globs.
+  exclude: {exclude}
+
+# Scrub: every node re-reads each piece it holds once per period and checks it against its
+# BLAKE3 id. A copy that no longer matches (bit rot) is moved to data_dir/quarantine and
+# re-created from a replica or from parity. `peerstore verify` does the same check on demand.
+scrub:
+  # Seconds in which every piece is re-read once (604800: a week). 0 turns scrub off.
+  period: {scrub_period}
+  # Upper bound on the re-read rate, whatever the period asks; on a slow disk a pass then
+  # takes longer than the period (`peerstore status` says so).
+  max_bytes_per_second: {scrub_max_bytes_per_second}
 """

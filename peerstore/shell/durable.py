@@ -13,9 +13,33 @@ import secrets
 import sys
 from pathlib import Path
 
-from peerstore.errors import DiskFullError
+from peerstore.errors import DiskFullError, DiskIOError, StoreError
 
 _DIR_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EACCES}
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_WHAT_TO_DO = {
+    errno.EROFS: "the file system turned read-only (what a failing disk or SD card does): this node "
+                 "accepts no pieces until it is writable again; check the system log (dmesg), then "
+                 "repair or replace the disk",
+    errno.EIO: "the disk reported an I/O error: check the system log (dmesg) and the disk's health",
+    errno.EFBIG: "the file is over the size limit of this process or file system (ulimit -f)",
+    errno.EMFILE: "this process has too many files open: raise its open-file limit (ulimit -n, LimitNOFILE=)",
+    errno.ENFILE: "the system has too many files open: raise fs.file-max or stop other programs",
+    errno.EACCES: "check the permissions of the data directory",
+    errno.EPERM: "check the permissions of the data directory",
+}
+
+
+def disk_error(exc: OSError, path: str | os.PathLike, doing: str) -> StoreError:
+    """The peerstore error for an OS error ``doing`` something to ``path``: DiskFullError
+    for a full disk or quota, else DiskIOError naming the path, the errno and what to do."""
+    if exc.errno in DISK_FULL_ERRNOS:
+        return DiskFullError(f"no space left {doing} {path}; free space on its disk and retry")
+    code = errno.errorcode.get(exc.errno or 0, "?")
+    reason = exc.strerror or str(exc)
+    hint = _WHAT_TO_DO.get(exc.errno or 0, "check the disk and the system log")
+    return DiskIOError(f"{doing} {path} failed: [Errno {exc.errno} {code}] {reason}; {hint}",
+                       path=str(path), errno=exc.errno)
 
 
 def fsync_file(fd: int) -> None:
@@ -57,8 +81,8 @@ def write_file_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file.
 
     Writes ``.<name>.tmp-<random>`` beside the target, fsyncs it, renames it over the
-    target and fsyncs the directory. On failure the temp file is removed and the error
-    re-raised; a full disk raises DiskFullError.
+    target and fsyncs the directory. On failure the temp file is removed; a full disk
+    raises DiskFullError, any other OS error DiskIOError (path and errno named).
     """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(6)}")
@@ -80,8 +104,10 @@ def write_file_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
             raise DiskFullError(
                 f"no space left to write {target} ({len(data)} bytes); free space on its disk and retry"
             ) from exc
+        if isinstance(exc, OSError):
+            raise disk_error(exc, target, "writing") from exc
         raise

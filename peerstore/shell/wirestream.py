@@ -255,9 +255,14 @@ class WireStream:
 
     # -- receiving whole frames
 
-    async def receive(self, *, verify: bool = True, alloc: Any = bytearray) -> Frame:
+    async def receive(self, *, verify: bool = True, alloc: Any = bytearray, budget: Any = None) -> Frame:
         """The next frame with its whole payload (in a buffer from ``alloc(size)``).
-        Raises PeerClosed (or ``lost``) at EOF."""
+        Raises PeerClosed (or ``lost``) at EOF.
+
+        With ``budget`` (``admit(n)`` awaited, ``release(n)``: the daemon's PayloadBudget)
+        a payload's declared length is admitted before its buffer is allocated; the caller
+        owns the admitted bytes once the frame is returned (``Frame.payload`` long), and
+        they are released here if the frame fails first."""
         while True:
             event = self.conn.next_event()
             if event is None:
@@ -268,9 +273,16 @@ class WireStream:
             if isinstance(event, Message):
                 payload = None
                 if event.payload_len:
-                    payload = await self._read_payload(event.payload_len, alloc)
-                    if verify and await hash_payload(payload) != event.payload_hash:
-                        raise CodecError("a payload did not match the hash in its header")
+                    if budget is not None:
+                        await budget.admit(event.payload_len)
+                    try:
+                        payload = await self._read_payload(event.payload_len, alloc)
+                        if verify and await hash_payload(payload) != event.payload_hash:
+                            raise CodecError("a payload did not match the hash in its header")
+                    except BaseException:
+                        if budget is not None:
+                            budget.release(event.payload_len)
+                        raise
                 return Frame(event.header, payload, event.payload_hash)
 
     async def _read_payload(self, size: int, alloc: Any) -> bytearray:

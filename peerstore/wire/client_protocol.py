@@ -5,25 +5,33 @@ cluster key, MACed frames, raw payloads). The CLI uses a random 16-hex node id s
 with ``c`` for the handshake. Every header has a ``"t"`` type; these helpers build and
 check them so both sides agree. Conversation shapes:
 
-put   C: put {name, files:[{path,size,mode}], is_dir, local_root?}
+put   C: put {name, files:[{path,size,mode,mtime_ns?,inode?}], is_dir, local_root?}
       C: data {file, offset} + payload           (only when local_root is absent:
          the file bytes, in file order then offset order, chunks <= DATA_CHUNK)
       N: progress {done, total}*                 (bytes durably stored so far)
-      N: put_done {name, version, tolerance, size, pieces, manifest_id} | failed {reason, unknown}
+      N: put_done {name, version, tolerance, size, pieces, manifest_id} + body {blake3:[32 bytes per file]}
+         | failed {reason, unknown}
 get   C: get {spec}
       N: manifest {} + payload (manifest bytes; the CLI verifies them against entry)
       N: entry {name, version, manifest_id}
       N: stripe {file, offset} + payload (that stripe's data bytes, in order)*
       N: get_done {name, version, size, degraded, fallbacks} | failed {reason}
 ls    C: ls {name?}          N: listing {} + body {entries:[entry dicts]}
-status C: status {}          N: status {} + body {node_id, members:[...], checkpoints:[...]}
+status C: status {}          N: status {} + body {node_id, members:[...], checkpoints:[...],
+                                                    nodes:[{id, report}]}
 rm    C: rm {spec}           N: removed {versions:[...]} | failed {reason}
+verify C: verify {spec?}     N: progress {done, total}*  (bytes re-read by the holders so far)
+                             N: verified {} + body {ok, checked, checkpoints:[...], ...} | failed {reason}
 
 A *body* is a msgpack map sent as the frame payload and merged into the header by the
 receiver: replies that grow with the catalog would not fit the 64 KiB header limit.
 
 ``local_root`` lets a CLI on the same machine as its node name a directory (or file)
-the node reads itself, instead of streaming the bytes through the socket.
+the node reads itself, instead of streaming the bytes through the socket. With it, a file's
+``mtime_ns`` and ``inode`` (as the client saw them) let the node refuse a file that changed
+since: it compares them when it opens the file and again after reading it, and fails the
+put with a reason containing ``errors.CHANGED_DURING_PUT`` (older clients omit them; the
+node then compares only its own stats before and after reading).
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from peerstore.model.names import MAX_FILES
 DATA_CHUNK = 4 * 1024 * 1024
 MAX_TEXT = 4096
 
-REQUESTS = {"put", "data", "get", "ls", "status", "rm"}
+REQUESTS = {"put", "data", "get", "ls", "status", "rm", "verify"}
 
 
 def _text(header: dict[str, Any], key: str, *, optional: bool = False) -> str | None:
@@ -75,11 +83,32 @@ def parse_put(header: dict[str, Any]) -> tuple[str, list[tuple[str, int, int]], 
     return name, out, is_dir, _text(header, "local_root", optional=True)  # type: ignore[return-value]
 
 
-def put_request(name: str, files: list[tuple[str, int, int]], is_dir: bool, local_root: str | None) -> dict:
+def parse_put_stats(header: dict[str, Any]) -> list[tuple[int, int] | None]:
+    """Per file of a (parsed) put request, the (mtime_ns, inode) the client saw, or None."""
+    out: list[tuple[int, int] | None] = []
+    for item in header.get("files") or ():
+        mtime, inode = item.get("mtime_ns"), item.get("inode")
+        if mtime is None and inode is None:
+            out.append(None)
+            continue
+        if type(mtime) is not int or type(inode) is not int or inode < 0 or abs(mtime) >= 2**63:
+            raise CodecError("put.files: mtime_ns and inode must be integers, given together")
+        out.append((mtime, inode))
+    return out
+
+
+def put_request(name: str, files: list[tuple[str, int, int]], is_dir: bool, local_root: str | None,
+                stats: list[tuple[int, int]] | None = None) -> dict:
+    """A put request; ``stats`` (mtime_ns, inode) per file go along with ``local_root``."""
     header: dict[str, Any] = {
         "t": "put", "name": name, "is_dir": is_dir,
         "files": [{"path": p, "size": s, "mode": m} for p, s, m in files],
     }
+    if stats is not None:
+        if len(stats) != len(files):
+            raise ValueError("put_request: one (mtime_ns, inode) per file")
+        for item, (mtime, inode) in zip(header["files"], stats):
+            item["mtime_ns"], item["inode"] = mtime, inode
     if local_root is not None:
         header["local_root"] = local_root
     return header

@@ -31,6 +31,10 @@ arrives, never accumulated. A shell that feeds at most N bytes per ``receive_dat
 drains ``next_event`` until ``None`` before reading again therefore never holds more than
 ``MAX_FRAME_PREFIX + N`` buffered bytes (:attr:`Connection.buffered_bytes`). A header
 length above the limit is refused from its 4-byte prefix, before anything is allocated.
+A payload is announced by its :class:`Message` (``payload_len``, up to ``MAX_PAYLOAD``)
+before any of it arrives: a shell that gathers payloads into buffers must admit that
+length against a node-wide budget *before* allocating (the daemon's ``PayloadBudget``),
+or every authenticated connection could make it allocate ``MAX_PAYLOAD`` at once.
 
 Shell loop::
 

@@ -151,17 +151,71 @@ class PiecesHeld(Message):
     held: bytes  # bitmap, one bit per queried piece, in order
 
 
+@dataclass(frozen=True)
+class RenewLease(Message):
+    """A running put renews its leases on these pieces for ``seconds`` (garbage
+    collection leaves them alone meanwhile); answered by PiecesHeld: which are held."""
+
+    TYPE = "renew_lease"
+    piece_ids: tuple[bytes, ...]
+    seconds: int
+
+
+# Integrity: verify re-reads, and each node's report about itself ------------------------
+
+MAX_VERIFY_IDS = 16  # pieces one VerifyPieces re-reads: 64 MiB at the default shard size
+
+
+@dataclass(frozen=True)
+class VerifyPieces(Message):
+    """Re-read these pieces from your disk and check each against its id; quarantine a
+    copy that does not match and have it repaired (as scrub does). Answered by
+    PiecesVerified. At most MAX_VERIFY_IDS ids."""
+
+    TYPE = "verify_pieces"
+    MAX_IDS: ClassVar[int] = MAX_VERIFY_IDS
+    piece_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class PiecesVerified(Message):
+    """Reply to VerifyPieces, one bit per piece in order: ``held`` (there was a copy to
+    read), ``ok`` (it matched its id). ``busy``: too many re-reads queued, nothing checked."""
+
+    TYPE = "pieces_verified"
+    held: bytes
+    ok: bytes
+    busy: bool = False
+
+
+@dataclass(frozen=True)
+class ReportNode(Message):
+    """For status: send your report about yourself (NodeReport)."""
+
+    TYPE = "report_node"
+
+
+@dataclass(frozen=True)
+class NodeReport(Message):
+    """A node's report about itself: a small msgpack map (peerstore.core.node_report)."""
+
+    TYPE = "node_report"
+    blob: bytes = b""
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         StorePiece, PieceStored, StoreManifest, ManifestStored, CatalogUpdate, CatalogAck,
         SyncCatalog, CatalogState,
         FetchPiece, PieceData, FetchManifest, ManifestData, QueryPieces, PiecesHeld,
+        RenewLease, VerifyPieces, PiecesVerified, ReportNode, NodeReport,
     )
 }
 
 REPLY_TYPES = frozenset(
-    {PieceStored, ManifestStored, CatalogAck, CatalogState, PieceData, ManifestData, PiecesHeld}
+    {PieceStored, ManifestStored, CatalogAck, CatalogState, PieceData, ManifestData, PiecesHeld,
+     PiecesVerified, NodeReport}
 )
 MAX_QUERY_IDS = 1024  # 34 bytes each in msgpack: well inside the 64 KiB header limit
 
@@ -187,8 +241,9 @@ def _check(cls: type[Message], name: str, value: Any) -> Any:
         if len(value) > MAX_BLOB:
             raise CodecError(f"{where}: larger than {MAX_BLOB} bytes")
     elif annotation == "tuple[bytes, ...]":
-        if not isinstance(value, (list, tuple)) or len(value) > MAX_QUERY_IDS:
-            raise CodecError(f"{where}: expected at most {MAX_QUERY_IDS} piece ids")
+        limit = getattr(cls, "MAX_IDS", MAX_QUERY_IDS)
+        if not isinstance(value, (list, tuple)) or len(value) > limit:
+            raise CodecError(f"{where}: expected at most {limit} piece ids")
         if any(not isinstance(v, bytes) or len(v) != PIECE_ID_LEN for v in value):
             raise CodecError(f"{where}: every piece id must be {PIECE_ID_LEN} bytes")
         value = tuple(value)

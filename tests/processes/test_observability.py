@@ -149,7 +149,8 @@ def exported_sample_names() -> set[str]:
     metrics.pieces_received.labels("p").inc()
     metrics.transfer_seconds.observe(0.1)
     metrics.snapshot.snapshot = {"pieces": 1, "bytes": 1, "buffered": 0, "members": {"alive": 1},
-                                 "tolerance": {1: 1}, "min_tolerance": 1, "core": {"piece_retries": 1}}
+                                 "tolerance": {1: 1}, "min_tolerance": 1, "core": {"piece_retries": 1},
+                                 "disk": {"free": 1, "total": 2}}
     text = generate_latest(metrics.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 

@@ -340,8 +340,8 @@ def flat_keys(data, prefix=""):
 
 
 def all_known_keys():
-    sections = {"listen": cfg._LISTEN_KEYS, "metrics": cfg._METRICS_KEYS, "policy": cfg._POLICY_KEYS,
-                "gossip": cfg._GOSSIP_KEYS, "transfer": cfg._TRANSFER_KEYS, "watch": cfg._watch_keys(None)}
+    sections = {name: getattr(cfg, f"_{name.upper()}_KEYS") for name in cfg._SECTIONS if name != "watch"}
+    sections["watch"] = cfg._watch_keys(None)
     keys = set(cfg.TOP_LEVEL_KEYS)
     for name, checkers in sections.items():
         keys |= {f"{name}.{k}" for k in checkers}

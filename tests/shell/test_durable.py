@@ -6,7 +6,7 @@ import pytest
 
 from peerstore.shell import durable
 from peerstore.shell.durable import fsync_dir, fsync_file, write_file_atomic
-from peerstore.errors import DiskFullError
+from peerstore.errors import DiskFullError, DiskIOError
 
 
 def leftovers(directory):
@@ -23,7 +23,7 @@ def test_write_creates_and_replaces_with_mode(tmp_path, mode):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("err,raised", [(errno.ENOSPC, DiskFullError), (errno.EIO, OSError)])
+@pytest.mark.parametrize("err,raised", [(errno.ENOSPC, DiskFullError), (errno.EIO, DiskIOError)])
 def test_failed_write_keeps_the_old_file_and_removes_the_temp(tmp_path, monkeypatch, err, raised):
     path = tmp_path / "f"
     write_file_atomic(path, b"old")
@@ -43,7 +43,7 @@ def test_failed_write_keeps_the_old_file_and_removes_the_temp(tmp_path, monkeypa
 
 def test_failed_rename_removes_the_temp(tmp_path):
     (tmp_path / "d").mkdir()  # renaming a file over a directory fails
-    with pytest.raises(OSError):
+    with pytest.raises(DiskIOError, match="EISDIR"):
         write_file_atomic(tmp_path / "d", b"x")
     assert leftovers(tmp_path) == []
 

@@ -79,9 +79,9 @@ def test_the_simulator_drops_an_oversized_datagram_at_the_sender_like_the_daemon
     room = MAX_DATAGRAM_BODY - len(gm.encode({"t": "gossip", "f": a.node_id, "g": [""]}))
     fits = {"t": "gossip", "f": a.node_id, "g": ["x" * (room - 2)]}  # str header: 3 bytes, not 1
     assert len(gm.encode(fits)) <= MAX_DATAGRAM_BODY
-    cluster._send_datagram(a, SendDatagram(b.addr, {**fits, "g": ["x" * room]}))
+    cluster._send_datagram(a, SendDatagram(b.addr, {**fits, "g": ["x" * room]}, b.node_id))
     assert sent == [] and cluster.stats["gossip_dropped_send"] == 1
-    cluster._send_datagram(a, SendDatagram(b.addr, fits))
+    cluster._send_datagram(a, SendDatagram(b.addr, fits, b.node_id))
     assert len(sent) == 1 and isinstance(sent[0][-1], bytes)  # the daemon's bytes travel
 
 
@@ -89,7 +89,7 @@ def test_the_simulator_drops_a_datagram_that_names_another_sender():
     cluster = Cluster(3, seed=2, cores=False)
     a, b, c = (cluster.nodes[i] for i in cluster.ids)
     before = b.swim.stats["messages_in"]
-    cluster._send_datagram(a, SendDatagram(b.addr, {"t": "gossip", "f": c.node_id, "g": []}))
+    cluster._send_datagram(a, SendDatagram(b.addr, {"t": "gossip", "f": c.node_id, "g": []}, b.node_id))
     cluster.run_for(0.01)  # less than any gossip interval: nothing else arrives meanwhile
     assert cluster.stats["gossip_dropped_CodecError"] == 1
     assert b.swim.stats["messages_in"] == before

@@ -144,9 +144,9 @@ class ForgetsCounters(NodeCore):
 class TrustsHeldPieces(NodeCore):
     """Bug: a piece already held is acknowledged without re-verifying it (read, not hashed)."""
 
-    def store_piece(self, piece_id, handle, on_done):
+    def store_piece(self, piece_id, handle, on_done, **options):
         if piece_id not in self.inventory:
-            return super().store_piece(piece_id, handle, on_done)
+            return super().store_piece(piece_id, handle, on_done, **options)
 
         def loaded(t, done):
             if done.handle is not None:

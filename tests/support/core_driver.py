@@ -31,9 +31,11 @@ import blake3
 
 from peerstore.core import events as ev
 from peerstore.core.node import NodeCore
+from peerstore.core.quorum import decode_stable
 from peerstore.core.settings import CoreSettings
 from peerstore.core.snapshots import restore_catalog, restore_counters
 from peerstore.ec import decode_data, encode_parity, piece_id
+from peerstore.ec.rebuild import rebuild_pieces
 from peerstore.model.policy import Policy
 from peerstore.wire import messages as msg
 
@@ -50,6 +52,7 @@ class Disk:
     manifests: dict[bytes, bytes] = field(default_factory=dict)
     catalog: bytes | None = None  # the sealed blob PersistCatalog wrote
     counters: bytes | None = None
+    membership: bytes | None = None  # the sealed blob PersistMembership wrote
     boot_epoch: int = 0
 
 
@@ -156,6 +159,7 @@ class CoreDriver:
             catalog=catalog, inventory=frozenset(node.disk.pieces),
             alive=frozenset(self.up_ids()) | {node.node_id},
             counters=restore_counters(node.disk.counters), boot_epoch=node.disk.boot_epoch,
+            stable_members=decode_stable(node.disk.membership),
         )
         self.feed(node.node_id, ev.Started())
 
@@ -341,7 +345,9 @@ class CoreDriver:
         ok = data is not None and piece_id(data) == effect.piece_id
         if not ok:
             node.disk.pieces.pop(effect.piece_id, None)  # quarantined
-        self.feed(node.node_id, ev.HeldPieceVerified(effect.tag, effect.piece_id, ok))
+        self.feed(node.node_id, ev.HeldPieceVerified(effect.tag, effect.piece_id, ok,
+                                                     size=len(data) if data is not None else 0,
+                                                     missing=data is None))
 
     def _do_VerifyPiece(self, node: Node, effect: ev.VerifyPiece) -> None:
         data = node.handles.get(effect.handle)
@@ -365,6 +371,28 @@ class CoreDriver:
     def _do_PersistCounters(self, node: Node, effect: ev.PersistCounters) -> None:
         node.disk.counters = effect.blob
         self.feed(node.node_id, ev.CountersPersisted(effect.tag, True))
+
+    def _do_PersistMembership(self, node: Node, effect: ev.PersistMembership) -> None:
+        node.disk.membership = effect.blob
+        self.feed(node.node_id, ev.MembershipPersisted(effect.tag, True))
+
+    def _do_RebuildPieces(self, node: Node, effect: ev.RebuildPieces) -> None:
+        pieces = {pos: node.handles.get(handle) for pos, handle in effect.pieces}
+        if any(data is None for data in pieces.values()):
+            self.feed(node.node_id, ev.PiecesRebuilt(effect.tag, (), "a handle was gone"))
+            return
+        made = rebuild_pieces(pieces, effect.k, effect.p, effect.shard_lengths, effect.want)  # type: ignore[arg-type]
+        handles = tuple((pos, self._handle_of(node, data)) for pos, data in sorted(made.items()))
+        self.feed(node.node_id, ev.PiecesRebuilt(effect.tag, handles))
+
+    def _do_DeletePieces(self, node: Node, effect: ev.DeletePieces) -> None:
+        freed = sum(len(node.disk.pieces.pop(pid, b"")) for pid in effect.piece_ids)
+        self.feed(node.node_id, ev.PiecesDeleted(effect.tag, effect.piece_ids, freed))
+
+    def _do_DeleteManifests(self, node: Node, effect: ev.DeleteManifests) -> None:
+        for mid in effect.manifest_ids:
+            node.disk.manifests.pop(mid, None)
+        self.feed(node.node_id, ev.ManifestsDeleted(effect.tag))
 
     # -- effects: the client -------------------------------------------------------------
 

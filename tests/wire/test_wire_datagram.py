@@ -12,6 +12,7 @@ from peerstore.wire.datagram import MAX_BODY, OVERHEAD, REPLAY_WINDOW
 
 KEY = bytes(range(32))
 NODE = "0123456789abcdef"
+ME = "fedcba9876543210"  # the recipient every datagram here is sealed for
 
 
 @pytest.mark.parametrize(
@@ -19,14 +20,14 @@ NODE = "0123456789abcdef"
     [(NODE, 0, 0, b""), (NODE, 7, 12345, b"gossip"), ("f" * 16, 2**64 - 1, 2**64 - 1, b"\x00" * MAX_BODY)],
 )
 def test_seal_then_open_round_trips(node_id, epoch, seq, body):
-    data = seal_datagram(KEY, node_id, epoch, seq, body)
+    data = seal_datagram(KEY, node_id, epoch, seq, body, to=ME)
     assert len(data) == OVERHEAD + len(body) <= MAX_DATAGRAM
-    assert open_datagram(KEY, data, ReplayFilter()) == (node_id, epoch, seq, body)
+    assert open_datagram(KEY, data, ReplayFilter(), me=ME) == (node_id, epoch, seq, body)
 
 
 def test_oversized_body_is_refused_when_sealing():
     with pytest.raises(CodecError, match="does not fit"):
-        seal_datagram(KEY, NODE, 1, 1, b"x" * (MAX_BODY + 1))
+        seal_datagram(KEY, NODE, 1, 1, b"x" * (MAX_BODY + 1), to=ME)
 
 
 @pytest.mark.parametrize(
@@ -35,52 +36,52 @@ def test_oversized_body_is_refused_when_sealing():
 )
 def test_seal_rejects_bad_tags(node_id, epoch, seq, match):
     with pytest.raises(ValueError, match=match):
-        seal_datagram(KEY, node_id, epoch, seq, b"")
+        seal_datagram(KEY, node_id, epoch, seq, b"", to=ME)
 
 
 def test_every_flipped_byte_is_refused_and_leaves_the_window_alone():
-    data = seal_datagram(KEY, NODE, 3, 10, b"membership update")
+    data = seal_datagram(KEY, NODE, 3, 10, b"membership update", to=ME)
     replay = ReplayFilter()
     for position in range(len(data)):
         forged = data[:position] + bytes([data[position] ^ 0x04]) + data[position + 1 :]
         with pytest.raises(CodecError) as caught:
-            open_datagram(KEY, forged, replay)
+            open_datagram(KEY, forged, replay, me=ME)
         assert not isinstance(caught.value, ReplayError)
     assert len(replay) == 0, "a forged datagram must not reach the replay filter"
-    assert open_datagram(KEY, data, replay)[2] == 10
+    assert open_datagram(KEY, data, replay, me=ME)[2] == 10
 
 
 def test_wrong_key_is_an_auth_error():
-    data = seal_datagram(bytes(32), NODE, 1, 1, b"hi")
+    data = seal_datagram(bytes(32), NODE, 1, 1, b"hi", to=ME)
     with pytest.raises(AuthError, match="MAC"):
-        open_datagram(KEY, data, ReplayFilter())
+        open_datagram(KEY, data, ReplayFilter(), me=ME)
 
 
 @pytest.mark.parametrize("length", [0, 1, OVERHEAD - 1])
 def test_truncated_datagrams_are_codec_errors(length):
-    data = seal_datagram(KEY, NODE, 1, 1, b"")
+    data = seal_datagram(KEY, NODE, 1, 1, b"", to=ME)
     with pytest.raises(CodecError, match="truncated"):
-        open_datagram(KEY, data[:length], ReplayFilter())
+        open_datagram(KEY, data[:length], ReplayFilter(), me=ME)
 
 
 def test_oversized_datagram_is_refused_before_the_mac():
     with pytest.raises(CodecError, match="over the 1400-byte limit"):
-        open_datagram(KEY, b"pg" + bytes(MAX_DATAGRAM), ReplayFilter())
+        open_datagram(KEY, b"pg" + bytes(MAX_DATAGRAM), ReplayFilter(), me=ME)
 
 
 def test_foreign_format_version_says_so():
-    data = bytearray(seal_datagram(KEY, NODE, 1, 1, b""))
-    data[2] = 2
-    with pytest.raises(CodecError, match="format version 2"):
-        open_datagram(KEY, bytes(data), ReplayFilter())
+    data = bytearray(seal_datagram(KEY, NODE, 1, 1, b"", to=ME))
+    data[2] = 1  # format 1: before the MAC named the recipient
+    with pytest.raises(CodecError, match="format version 1"):
+        open_datagram(KEY, bytes(data), ReplayFilter(), me=ME)
 
 
 def test_replayed_datagram_is_a_replay_error():
     replay = ReplayFilter()
-    data = seal_datagram(KEY, NODE, 1, 5, b"x")
-    open_datagram(KEY, data, replay)
+    data = seal_datagram(KEY, NODE, 1, 5, b"x", to=ME)
+    open_datagram(KEY, data, replay, me=ME)
     with pytest.raises(ReplayError, match="duplicate"):
-        open_datagram(KEY, data, replay)
+        open_datagram(KEY, data, replay, me=ME)
 
 
 def test_boot_epochs_old_refused_new_resets():
@@ -90,9 +91,9 @@ def test_boot_epochs_old_refused_new_resets():
     assert replay.accept(NODE, 6, 0)  # restarted: sequence numbers begin again
     assert replay.accept(NODE, 6, 1)
     assert not replay.accept(NODE, 5, 1001)
-    data = seal_datagram(KEY, NODE, 5, 2000, b"")
+    data = seal_datagram(KEY, NODE, 5, 2000, b"", to=ME)
     with pytest.raises(ReplayError, match="older than"):
-        open_datagram(KEY, data, replay)
+        open_datagram(KEY, data, replay, me=ME)
 
 
 @pytest.mark.parametrize(
@@ -167,5 +168,5 @@ def test_replay_filter_matches_the_reference_rule(window, ops):
 def test_random_datagrams_only_raise_codec_errors(data):
     replay = ReplayFilter()
     with pytest.raises(CodecError):
-        open_datagram(KEY, data, replay)
+        open_datagram(KEY, data, replay, me=ME)
     assert len(replay) == 0

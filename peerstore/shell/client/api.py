@@ -9,13 +9,24 @@ removes and asks for status. Every wait on the network is bounded by the connect
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from peerstore.shell.client.connection import DEFAULT_TIMEOUT, NodeWire, is_loopback, open_wire, where_of
-from peerstore.shell.client.sources import Source, read_chunk, scan_source
+from peerstore.shell.client.sources import (
+    Source,
+    SourceFile,
+    change_after_read,
+    change_at_open,
+    check_unchanged,
+    explicit_source,
+    read_chunk,
+    scan_source,
+)
 from peerstore.shell.client.writer import CheckpointWriter, check_output
 from peerstore.errors import (
     CodecError,
@@ -23,8 +34,10 @@ from peerstore.errors import (
     FormatError,
     NodeUnreachable,
     NotFoundError,
+    CHANGED_DURING_PUT,
     OutcomeUnknownError,
     PeerstoreError,
+    SourceChangedError,
     UsageError,
 )
 from peerstore.model.catalog import Catalog, CatalogEntry, CatalogNotFound
@@ -98,20 +111,39 @@ class NodeClient:
     # -- put
 
     async def put(self, path: Path, name: str, progress: Progress | None = None, *, stream: bool = False) -> dict:
-        """Store the file or directory at ``path`` as ``name``; the node's put_done fields,
+        """Store the file or directory at ``path`` as ``name``; the node's put_done fields
+        (with "blake3": each file's hex digest, in path order, when the node sends them),
         plus "streamed" and "seconds". Sends ``local_root`` to a loopback node unless
-        ``stream``; otherwise streams the bytes."""
+        ``stream``; otherwise streams the bytes. A file that changes while it is read fails
+        the put with SourceChangedError; nothing is committed then."""
         validate_name(name)
-        source = scan_source(Path(path))
+        return await self._put_source(scan_source(Path(path)), name, progress, stream)
+
+    async def put_files(self, name: str, root: Path, is_dir: bool, files: Sequence[SourceFile],
+                        progress: Progress | None = None, *, stream: bool = False) -> dict:
+        """Store exactly ``files`` (not a fresh listing of ``root``) as ``name``; see
+        :func:`explicit_source` and :meth:`put`. Each file's ``mtime_ns``/``inode`` is
+        what it must still be when read, or the put fails with SourceChangedError."""
+        validate_name(name)
+        return await self._put_source(explicit_source(Path(root), is_dir, list(files)), name, progress, stream)
+
+    async def _put_source(self, source: Source, name: str, progress: Progress | None, stream: bool) -> dict:
+        path = source.root
         validate_paths([f.path for f in source.files])
         local = not stream and is_loopback(self.host)
-        request = put_request(name, [(f.path, f.size, f.mode) for f in source.files], source.is_dir,
-                              str(source.root) if local else None)
+        listed = [(f.path, f.size, f.mode) for f in source.files]
+        stats = [(f.mtime_ns, f.inode) for f in source.files]
+        request = put_request(name, listed, source.is_dir, str(source.root) if local else None,
+                              stats if local and all(m is not None and i is not None for m, i in stats) else None)
         try:
             encode_header(request)
-        except ValueError as err:
-            raise UsageError(f"{path}: {len(source.files)} files do not fit in one put request ({err}); "
-                             "store its subdirectories as separate checkpoints") from None
+        except ValueError:
+            request = put_request(name, listed, source.is_dir, str(source.root) if local else None)
+            try:  # without the stats the node still checks each file before and after reading it
+                encode_header(request)
+            except ValueError as err:
+                raise UsageError(f"{path}: {len(source.files)} files do not fit in one put request ({err}); "
+                                 "store its subdirectories as separate checkpoints") from None
         progress = progress or Progress(enabled=False)
         progress.start(source.total_size, f"put {name}")
         wire = await self._take_wire()
@@ -136,6 +168,9 @@ class NodeClient:
                 sent_all = True
             except ConnectionLost:
                 pass  # the receiver learns why (a "failed" frame or the close) and reports it
+            except SourceChangedError as err:
+                outcome["changed"] = err  # wins over the dropped connection the receiver may see
+                cancel.cancel()
             except PeerstoreError as err:
                 outcome["error"] = err
                 cancel.cancel()
@@ -152,7 +187,7 @@ class NodeClient:
                 nursery.start_soon(sender, nursery.cancel_scope)
             nursery.start_soon(receiver, nursery.cancel_scope)
 
-        err = outcome.get("error")
+        err = outcome.get("changed") or outcome.get("error")
         if err is None:
             return outcome["header"]
         if isinstance(err, (NodeUnreachable, CodecError)):
@@ -173,18 +208,24 @@ class NodeClient:
                 continue
             header = event.header
             kind = header.get("t")
+            body = bytearray()
             if event.payload_len:
-                await wire.read_payload(event, lambda view: None)
+                if kind == "put_done" and event.payload_len <= cp.MAX_BODY:
+                    await wire.read_payload(event, body.extend)
+                else:
+                    await wire.read_payload(event, lambda view: None)
             if kind == "progress":
                 done = header.get("done")
                 if type(done) is int:
                     progress.update(done)
             elif kind == "put_done":
-                return _strip(header)
+                return {**_strip(header), **_put_digests(bytes(body))}
             elif kind == "failed":
                 reason = str(header.get("reason", "no reason given"))
                 if header.get("unknown") is True:
                     raise OutcomeUnknownError(f"{reason}; run 'peerstore ls' to check whether it committed")
+                if CHANGED_DURING_PUT in reason:
+                    raise SourceChangedError(f"the put failed: {reason}")
                 raise PeerstoreError(f"the put failed: {reason}")
             else:
                 raise CodecError(f"{wire.where} answered a put with an unexpected {kind!r} frame")
@@ -197,22 +238,40 @@ class NodeClient:
             except OSError as err:
                 raise PeerstoreError(f"cannot read {f.local}: {err.strerror or err}") from None
             with handle:
+                opened = os.fstat(handle.fileno())
+                check_unchanged(change_at_open(f, opened))
                 offset = 0
-                while offset < f.size:
+                while True:
                     want = min(len(buffer), f.size - offset)
                     try:
                         view, digest = await trio.to_thread.run_sync(read_chunk, handle, buffer, want)
                     except OSError as err:
                         raise PeerstoreError(f"cannot read {f.local}: {err.strerror or err}") from None
                     if len(view) < want:
-                        break
-                    await wire.send({"t": "data", "file": index, "offset": offset}, view, digest)
+                        raise SourceChangedError(
+                            f"{f.local} {CHANGED_DURING_PUT}: it became shorter than {f.size} bytes while it was "
+                            "read; store it again once it is completely written")
+                    if offset + want >= f.size:
+                        # The end of the file is not sent before the file proved unchanged: the
+                        # node cannot commit without it.
+                        await trio.to_thread.run_sync(self._check_after_read, f, handle, opened)
+                    if want:
+                        await wire.send({"t": "data", "file": index, "offset": offset}, view, digest)
                     offset += want
-                if offset != f.size or handle.read(1):
-                    raise PeerstoreError(
-                        f"{f.local} changed size while it was being stored (expected {f.size} bytes); "
-                        "store it again once it is completely written"
-                    )
+                    if offset >= f.size:
+                        break
+
+    @staticmethod
+    def _check_after_read(f: SourceFile, handle: Any, opened: os.stat_result) -> None:
+        if handle.read(1):
+            raise SourceChangedError(f"{f.local} {CHANGED_DURING_PUT}: it grew past {f.size} bytes while it was "
+                                     "read; store it again once it is completely written")
+        after = os.fstat(handle.fileno())
+        try:
+            named: os.stat_result | None = os.stat(f.local)
+        except FileNotFoundError:
+            named = None
+        check_unchanged(change_after_read(f, opened, after, named))
 
     # -- get
 
@@ -346,6 +405,54 @@ class NodeClient:
             raise PeerstoreError(f"status failed: {header.get('reason', 'no reason given')}")
         return _strip(header)
 
+    async def verify(self, spec: str | None = None, progress: Progress | None = None) -> dict:
+        """Check ``spec`` (NAME or NAME@V), or every checkpoint, end to end: the node's
+        verify report (see peerstore.cli.verify_report). ``progress`` shows the bytes the
+        holders have re-read so far."""
+        request: dict[str, Any] = {"t": "verify"}
+        if spec is not None:
+            parse_spec(spec)
+            request["spec"] = spec
+        progress = progress or Progress(enabled=False)
+        wire = await self._take_wire()
+        started = False
+        try:
+            await wire.send(request)
+            while True:
+                event = await wire.next_event()
+                if isinstance(event, ConnectionClosed):
+                    raise ConnectionLost(f"{wire.where} closed the connection before the verify finished")
+                if not isinstance(event, Message):
+                    continue
+                body = bytearray()
+                if event.payload_len:
+                    if event.payload_len > cp.MAX_BODY:
+                        raise CodecError(f"{wire.where} sent a {event.payload_len}-byte reply body")
+                    await wire.read_payload(event, body.extend)
+                header, kind = event.header, event.header.get("t")
+                if kind == "progress":
+                    done, total = header.get("done"), header.get("total")
+                    if type(done) is int and type(total) is int:
+                        if not started or total != progress.total:
+                            progress.start(total, f"verify {spec or 'all'}")
+                            started = True
+                        progress.update(done)
+                elif kind == "verified":
+                    report = cp.decode_body(bytes(body)) if body else {}
+                    if not isinstance(report.get("checkpoints"), list):
+                        raise CodecError(f"{wire.where} sent a malformed verify report")
+                    return report
+                elif kind == "failed":
+                    reason = str(header.get("reason", "no reason given"))
+                    if spec is not None and await self._missing(spec, header):
+                        raise NotFoundError(reason)
+                    raise PeerstoreError(f"verify failed: {reason}")
+                else:
+                    raise CodecError(f"{wire.where} answered verify with an unexpected {kind!r} frame")
+        finally:
+            progress.finish()
+            await wire.aclose()
+
     async def rm(self, spec: str) -> dict:
         """Remove ``NAME`` (every version this node has seen) or ``NAME@V``; {"versions": [...]}."""
         parse_spec(spec)
@@ -356,6 +463,19 @@ class NodeClient:
                 raise NotFoundError(reason)
             raise PeerstoreError(f"rm failed: {reason}")
         return _strip(header)
+
+
+def _put_digests(body: bytes) -> dict:
+    """{"blake3": [hex per file]} from a put_done body, or {} if there is none (older node)."""
+    if not body:
+        return {}
+    try:
+        digests = cp.decode_body(body).get("blake3")
+    except CodecError:
+        return {}
+    if not isinstance(digests, list) or not all(isinstance(d, bytes) and len(d) == 32 for d in digests):
+        return {}
+    return {"blake3": [d.hex() for d in digests]}
 
 
 def _strip(header: dict) -> dict:

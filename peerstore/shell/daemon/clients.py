@@ -16,10 +16,13 @@ import blake3
 import trio
 
 from peerstore.core import events as ev
+from peerstore.core.gc import cluster_summary as gc_summary
+from peerstore.core.store_health import read_only_nodes
 from peerstore.errors import CodecError
 from peerstore.shell.daemon.buffers import Buffers
 from peerstore.shell.daemon.metrics import Metrics
-from peerstore.shell.daemon.sources import ClientStream, FileHasher, LocalFiles, SourceError, encode_stripe
+from peerstore.shell.daemon.reading import StripeReader
+from peerstore.shell.daemon.sources import ClientStream, LocalFiles
 from peerstore.shell.wirestream import Frame, PeerClosed, WireStream
 from peerstore.wire import client_protocol as cp
 
@@ -38,6 +41,7 @@ class SessionHost(Protocol):
     def feed(self, event: Any) -> None: ...
     def wall_clock(self) -> float: ...
     def member_rows(self) -> list[dict[str, Any]]: ...
+    def watch_status(self) -> dict[str, Any] | None: ...
     async def deliver(self, session: ClientSession, effect: ev.DeliverStripe) -> None: ...
 
 
@@ -48,8 +52,8 @@ class ClientSession:
         self.wire = wire
         self.out_send, self.out = trio.open_memory_channel[Any](math.inf)
         self.reads_send, self.reads = trio.open_memory_channel[Any](math.inf)
-        self.source: LocalFiles | ClientStream | None = None
-        self.hasher = FileHasher()
+        self.reader: StripeReader | None = None
+        self.files = 0
         self.finished = trio.Event()
         self.kind = "?"
         self.last_sent = trio.current_time()
@@ -96,10 +100,14 @@ class ClientSession:
         if kind == "put":
             name, files, is_dir, local_root = cp.parse_put(header)
             paths = [p for p, _, _ in files]
+            source: LocalFiles | ClientStream
             if local_root is not None:
-                self.source = LocalFiles(Path(local_root), paths, single=not is_dir)
+                source = LocalFiles(Path(local_root), paths, single=not is_dir, sizes=[s for _, s, _ in files],
+                                    expect=cp.parse_put_stats(header))
             else:
-                self.source = ClientStream()
+                source = ClientStream()
+            self.reader = StripeReader(self.daemon, source)
+            self.files = len(files)
             specs = tuple(ev.FileSpec(p, size, mode) for p, size, mode in files)
             log.info("put %s: %d files, %d bytes", name, len(specs), sum(f.size for f in specs))
             return ev.PutCommand(self.token, name, specs, is_dir=is_dir, created=self.daemon.wall_clock())
@@ -112,51 +120,36 @@ class ClientSession:
             return ev.StatusCommand(self.token)
         if kind == "rm":
             return ev.RemoveCommand(self.token, cp.parse_spec(header))
+        if kind == "verify":
+            return ev.VerifyCommand(self.token, cp.parse_spec(header) if "spec" in header else None)
         raise CodecError(f"unknown request {kind!r}")
 
     async def _receive(self, nursery: trio.Nursery) -> None:
         """File data for a streamed put; EOF or garbage before the end cancels the op."""
+        budget = self.daemon.buffers.budget  # a chunk is admitted before it is allocated
         try:
             while True:
-                frame = await self.wire.receive()
-                if frame.header.get("t") == "data" and isinstance(self.source, ClientStream):
-                    # each chunk is copied into the stripe's slabs, then dropped
-                    await self.source.feed(frame.header, frame.payload)
-                else:
-                    raise CodecError(f"unexpected {frame.header.get('t')!r} frame during an operation")
-        except (*ENDED, CodecError) as err:
+                frame = await self.wire.receive(budget=budget)
+                try:
+                    source = self.reader.source if self.reader is not None else None
+                    if frame.header.get("t") == "data" and isinstance(source, ClientStream):
+                        # each chunk is copied into the stripe's slabs, then dropped
+                        await source.feed(frame.header, frame.payload)
+                    else:
+                        raise CodecError(f"unexpected {frame.header.get('t')!r} frame during an operation")
+                finally:
+                    if budget is not None and frame.payload is not None:
+                        budget.release(len(frame.payload))
+        except (*ENDED, CodecError, trio.TooSlowError) as err:
             if not self.finished.is_set():
                 log.info("client left before its %s finished (%s)", self.kind, err)
                 self.daemon.feed(ev.CancelCommand(self.token))
-            if isinstance(self.source, ClientStream):
-                self.source.send.close()
+            if self.reader is not None and isinstance(self.reader.source, ClientStream):
+                self.reader.source.send.close()
 
     async def _read_stripes(self) -> None:
-        async with trio.open_nursery() as encoders:
-            async for effect in self.reads:
-                if isinstance(effect, ev.FinishFileRead):
-                    self.daemon.feed(ev.FileRead(effect.op, effect.file_index, self.hasher.digest(effect.file_index)))
-                    continue
-                assert self.source is not None
-                buffers = self.daemon.buffers
-                slabs = [buffers.take(effect.shard_lengths[0]) for _ in effect.shard_lengths]
-                shards = [memoryview(slab)[:length] for slab, length in zip(slabs, effect.shard_lengths)]
-                try:
-                    await self.source.read(effect.file_index, effect.offset, shards)
-                except SourceError as err:
-                    self.daemon.feed(ev.StripeEncoded(effect.op, effect.stripe, (), (), (), (), error=str(err)))
-                    continue
-                # the whole-file hash must see stripes in order; encoding may overlap the next read
-                await trio.to_thread.run_sync(self.hasher.update_all, effect.file_index, shards)
-                encoders.start_soon(self._encode, effect, slabs, shards)
-
-    async def _encode(self, effect: ev.EncodeStripe, slabs: list[bytearray], shards: list[memoryview]) -> None:
-        pieces, data_ids, parity_ids = await trio.to_thread.run_sync(encode_stripe, shards, effect.parity)
-        owners = slabs + [None] * len(parity_ids)
-        handles = tuple(self.daemon.buffers.add(p, owner) for p, owner in zip(pieces, owners))
-        self.daemon.feed(ev.StripeEncoded(
-            effect.op, effect.stripe, tuple(data_ids), tuple(effect.shard_lengths), tuple(parity_ids), handles,
-        ))
+        if self.reader is not None:
+            await self.reader.run(self.reads)
 
     async def _write(self) -> None:
         async for effect in self.out:
@@ -186,9 +179,11 @@ class ClientSession:
             self.done, self.total = body.done, body.total
             await send({"t": "progress", "done": body.done, "total": body.total})
         elif isinstance(body, ev.PutDone):
+            digests = self.reader.blake3_list(self.files) if self.reader is not None else None
             await send({"t": "put_done", "name": body.name, "version": body.version,
                         "tolerance": body.tolerance, "size": body.size, "pieces": body.pieces,
-                        "manifest_id": body.manifest_id.hex()})
+                        "manifest_id": body.manifest_id.hex()},
+                       cp.encode_body({"blake3": digests}) if digests is not None else None)
         elif isinstance(body, ev.Failed):
             await send(cp.failed(body.reason, body.outcome_unknown))
         elif isinstance(body, ev.GetStarted):
@@ -202,14 +197,24 @@ class ClientSession:
             await send({"t": "listing"}, cp.encode_body({"entries": [cp.entry_dict(e) for e in body.entries]}))
         elif isinstance(body, ev.Removed):
             await send({"t": "removed", "versions": list(body.versions)})
+        elif isinstance(body, ev.VerifyDone):
+            await send({"t": "verified"}, cp.encode_body(body.report))
         elif isinstance(body, ev.Status):
             await send({"t": "status"}, cp.encode_body({
                 "node_id": body.node_id, "members": self.daemon.member_rows(),
                 "checkpoints": [
-                    {**cp.entry_dict(row.entry), "pieces": row.pieces, "tolerance_now": row.tolerance}
+                    {**cp.entry_dict(row.entry), "pieces": row.pieces, "tolerance_now": row.tolerance,
+                     "best_tolerance": row.best, "below_policy": row.below_policy,
+                     "repair_bytes": row.repair_bytes}
                     for row in body.checkpoints
                 ],
                 "conflicts": [[cp.entry_dict(e) for e in same] for same in body.conflicts],
+                "repair": {"bytes_left": body.repair_bytes_left, "rate": body.repair_rate,
+                           "eta": body.repair_eta},
+                "nodes": [{"id": node, "report": report} for node, report in body.nodes],
+                "gc": gc_summary(body.nodes),
+                "read_only": read_only_nodes(body.nodes),
+                **({"watch": watch} if (watch := self.daemon.watch_status()) is not None else {}),
             }))
         else:  # pragma: no cover - a new reply type without a wire form
             raise AssertionError(f"no wire form for {type(body).__name__}")

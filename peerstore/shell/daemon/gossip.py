@@ -39,6 +39,7 @@ from peerstore.gossip import (
 from peerstore.gossip.messages import decode, decode_datagram, encode, encode_datagram
 from peerstore.gossip.settings import GossipSettings
 from peerstore.shell.config import Config
+from peerstore.shell.daemon.buffers import PayloadBudget
 from peerstore.shell.daemon.peers import Peers
 from peerstore.shell.wirestream import PeerClosed, dial
 from peerstore.wire import ReplayFilter, open_datagram, seal_datagram
@@ -56,6 +57,7 @@ class GossipHost(Protocol):
     config: Config
     core: NodeCore
     peers: Peers
+    payloads: PayloadBudget  # received payloads are admitted against it before allocation
 
     def feed(self, event: Any) -> None: ...
 
@@ -106,7 +108,7 @@ class GossipRunner:
             self.daemon.feed(event)
         for effect in effects:
             if isinstance(effect, SendDatagram):
-                self._send_datagram(effect.addr, effect.message)
+                self._send_datagram(effect.addr, effect.message, effect.to)
             elif isinstance(effect, SendStream):
                 self.nursery.start_soon(self._stream_request, effect)
             elif isinstance(effect, (MemberChanged, MemberRemoved)):
@@ -155,12 +157,12 @@ class GossipRunner:
 
     # -- datagrams -----------------------------------------------------------------------
 
-    def _send_datagram(self, addr: tuple[str, int], message: dict[str, Any]) -> None:
+    def _send_datagram(self, addr: tuple[str, int], message: dict[str, Any], to: str) -> None:
         self.seq += 1
         try:
-            data = seal_datagram(self.key, self.node_id, self.epoch, self.seq, encode_datagram(message))
+            data = seal_datagram(self.key, self.node_id, self.epoch, self.seq, encode_datagram(message), to=to)
             self.raw_sock.sendto(data, addr)  # non-blocking: a full buffer drops it, as UDP may
-        except (OSError, CodecError) as err:
+        except (OSError, CodecError, ValueError) as err:  # ValueError: no recipient id (a Swim bug)
             self.dropped["send"] += 1
             log.debug("datagram to %s:%d failed: %s", *addr, err)
 
@@ -173,7 +175,7 @@ class GossipRunner:
                 log.debug("udp receive: %s", err)
                 continue
             try:
-                sender, _, _, body = open_datagram(self.key, data, self.replay)
+                sender, _, _, body = open_datagram(self.key, data, self.replay, me=self.node_id)
                 message = decode_datagram(body, sender)
             except CodecError as err:
                 self.dropped[type(err).__name__] += 1
@@ -190,9 +192,13 @@ class GossipRunner:
                 wire = await dial(*effect.addr, cluster_key=self.key, node_id=self.node_id, timeout=STREAM_TIMEOUT)
                 try:
                     await wire.send({"t": "gossip"}, encode(effect.message))
-                    frame = await wire.receive()
-                    if frame.header.get("t") == "gossip" and frame.payload is not None:
-                        reply = decode(bytes(frame.payload))
+                    frame = await wire.receive(budget=self.daemon.payloads)
+                    try:
+                        if frame.header.get("t") == "gossip" and frame.payload is not None:
+                            reply = decode(bytes(frame.payload))
+                    finally:
+                        if frame.payload is not None:
+                            self.daemon.payloads.release(len(frame.payload))
                 finally:
                     await wire.aclose()
         except (OSError, trio.TooSlowError, CodecError, PeerClosed, trio.BrokenResourceError) as err:

@@ -15,6 +15,7 @@ from typing import Iterator
 import trio
 
 from peerstore.shell.config import EXAMPLE_CLUSTER_KEY, Config
+from peerstore.shell.daemon.admission import raise_open_file_limit
 from peerstore.shell.daemon.node import Daemon
 from peerstore.errors import PeerstoreError, StoreError
 from peerstore.shell.identity import load_or_create_identity
@@ -35,7 +36,9 @@ def setup_logging(level: str) -> None:
 def data_dir_lock(data_dir: Path) -> Iterator[None]:
     """Only one node per data directory (two would corrupt each other's state)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(data_dir / "LOCK", "a+")
+    # Read-only: flock needs no write access, and a descriptor open for writing would keep
+    # the file system from being remounted read-only (as an admin, or a test, may do).
+    handle = os.fdopen(os.open(data_dir / "LOCK", os.O_RDONLY | os.O_CREAT, 0o644), "rb")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -70,6 +73,9 @@ def run_node(config: Config) -> int:
     if config.cluster_key == bytes.fromhex(EXAMPLE_CLUSTER_KEY):
         log.warning("cluster_key is the example key from config.example.yaml: anyone can join; "
                     "run 'peerstore init' for a fresh one")
+    limits = raise_open_file_limit()  # each peer, CLI and pending handshake holds a descriptor
+    if limits is not None and limits[1] != limits[0]:
+        log.debug("raised the open-file limit from %d to %d", *limits)
     try:
         with data_dir_lock(config.data_dir):
             trio.run(serve, config)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from peerstore.shell.daemon.metrics_http import serve_metrics
 
 log = logging.getLogger("peerstore.metrics")
 
 # Label values that alerts watch (deploy/prometheus/alerts.yml) are exported at 0 from the
 # start: an alert on increase() cannot see a series' first sample, only later changes.
-ERROR_KINDS = ("send", "disk_full", "store", "corrupt_piece", "auth", "codec", "internal")
+ERROR_KINDS = ("send", "disk_full", "disk_io", "store", "corrupt_piece", "auth", "codec", "internal", "memory",
+               "handshake_dropped")
 ALERTED_OPERATIONS = ("put", "get")
 OPERATION_OUTCOMES = ("ok", "failed")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
@@ -27,6 +30,9 @@ ALERTED_CORE_EVENTS = (
     "stripes_rebuilt_from_parity", "corrupt_pieces_fetched", "gossip_dropped_AuthError",
     "catalog_conflicts", "held_pieces_corrupt",
 )
+# Why the watcher could not store a checkpoint (peerstore.shell.watcher.failure_kind and the
+# Storers); exported at 0 from the start like ERROR_KINDS.
+WATCH_FAILURE_KINDS = ("too_few_nodes", "disk_full", "unreachable", "outcome_unknown", "put_failed", "io_error")
 
 
 class SnapshotCollector:
@@ -78,10 +84,135 @@ class SnapshotCollector:
             policy = GaugeMetricFamily("peerstore_policy_min_tolerance", "policy.min_tolerance of this node")
             policy.add_metric([], snap["min_tolerance"])
             yield policy
+        yield from _watch_metrics(snap.get("watch") or {})
+        yield from _repair_metrics(snap.get("repair") or {}, snap.get("core", {}))
+        yield from _gc_metrics(snap.get("gc") or {}, snap.get("disk") or {})
+        yield from _scrub_metrics(snap.get("scrub") or {})
         events = CounterMetricFamily("peerstore_core_events", "Protocol events by kind", labels=["kind"])
         for kind, count in sorted({**dict.fromkeys(ALERTED_CORE_EVENTS, 0), **snap.get("core", {})}.items()):
             events.add_metric([kind], count)
         yield events
+
+
+def _watch_metrics(watch: dict[str, Any]):
+    """The watcher's series; all present (at 0) on a node that watches nothing."""
+    gauges = (
+        ("peerstore_watch_dirs", "Directories this node watches (watch.paths)", "dirs"),
+        ("peerstore_watch_pending", "Checkpoints the watcher has seen and not stored yet", "pending"),
+        ("peerstore_watch_oldest_pending_seconds", "How long the oldest pending checkpoint has waited",
+         "oldest_pending"),
+        ("peerstore_watch_last_success_timestamp_seconds",
+         "Unix time the watcher last stored a checkpoint (0: never)", "last_success"),
+    )
+    for name, text, key in gauges:
+        gauge = GaugeMetricFamily(name, text)
+        gauge.add_metric([], watch.get(key, 0) or 0)
+        yield gauge
+    counters = (
+        ("peerstore_watch_stored", "Checkpoints the watcher stored since the node started", "stored"),
+        ("peerstore_watch_unchanged", "Rewritten checkpoints not stored again: same content", "unchanged"),
+        ("peerstore_watch_read_changed", "Store attempts abandoned because a file changed while read",
+         "read_changed"),
+    )
+    for name, text, key in counters:
+        counter = CounterMetricFamily(name, text)
+        counter.add_metric([], watch.get(key, 0))
+        yield counter
+    failures = CounterMetricFamily("peerstore_watch_failures", "Watcher store attempts that failed, by reason",
+                                   labels=["reason"])
+    for reason, count in sorted({**dict.fromkeys(WATCH_FAILURE_KINDS, 0), **watch.get("failures", {})}.items()):
+        failures.add_metric([reason], count)
+    yield failures
+
+
+def _repair_metrics(repair: dict[str, Any], core: dict[str, Any]):
+    """Repair after node loss (docs/self-healing.md); present at 0 before the first scan."""
+    gauges = (
+        ("peerstore_checkpoints_below_policy",
+         "Checkpoint versions below their policy at this node's last repair scan", "below_policy"),
+        ("peerstore_repair_bytes_left", "Bytes this node's repair still has to re-create", "bytes_left"),
+        ("peerstore_repair_cluster_bytes_left",
+         "Bytes every node's repair together still has to re-create (this node's last scan)", "cluster_bytes_left"),
+        ("peerstore_repair_rate_bytes", "Bytes per second this node's repair stored recently", "rate"),
+    )
+    for name, text, key in gauges:
+        gauge = GaugeMetricFamily(name, text)
+        gauge.add_metric([], repair.get(key, 0) or 0)
+        yield gauge
+    majority = GaugeMetricFamily(
+        "peerstore_repair_majority", "1 while this node sees a majority of the last stable membership (may repair)")
+    majority.add_metric([], 1 if repair.get("majority") else 0)
+    yield majority
+    done = CounterMetricFamily("peerstore_repair_bytes", "Bytes repair re-created on other nodes or here")
+    done.add_metric([], core.get("repair_bytes", 0))
+    yield done
+
+
+def _scrub_metrics(scrub: dict[str, Any]):
+    """Scrub (core/scrub.py, docs/self-healing.md): this node's re-reads of its own pieces.
+    The counters are present at 0 from the start; the last pass's age only once one ended."""
+    counters = (
+        ("peerstore_scrub_passes", "Scrub passes over every held piece completed since the node started",
+         "passes"),
+        ("peerstore_scrub_pieces_checked", "Pieces scrub re-read and hashed", "pieces_checked"),
+        ("peerstore_scrub_bytes_checked", "Bytes scrub re-read and hashed", "bytes_checked"),
+        ("peerstore_scrub_corrupt_found",
+         "Held pieces scrub found corrupt (moved to quarantine, re-created from other copies)", "corrupt_found"),
+    )
+    for name, text, key in counters:
+        counter = CounterMetricFamily(name, text)
+        counter.add_metric([], scrub.get(key, 0) or 0)
+        yield counter
+    gauges = (
+        ("peerstore_scrub_period_seconds", "scrub.period: every piece is re-read once in this time (0: off)",
+         "period"),
+        ("peerstore_scrub_rate_bytes", "Bytes per second scrub re-reads at now (paced by scrub.period)", "rate"),
+        ("peerstore_scrub_behind",
+         "1 if a pass at scrub.max_bytes_per_second takes longer than scrub.period", "behind"),
+    )
+    for name, text, key in gauges:
+        gauge = GaugeMetricFamily(name, text)
+        gauge.add_metric([], float(scrub.get(key) or 0))
+        yield gauge
+    progress = GaugeMetricFamily("peerstore_scrub_pass_progress_ratio", "Fraction of the current pass done")
+    total = scrub.get("pass_total") or 0
+    progress.add_metric([], (scrub.get("pass_done") or 0) / total if total else 0.0)
+    yield progress
+    age = GaugeMetricFamily("peerstore_scrub_last_pass_age_seconds",
+                            "Seconds since the last scrub pass ended (before the first: since it began; 0: none yet)")
+    age.add_metric([], scrub.get("overdue_age") or 0.0)
+    yield age
+
+
+def _gc_metrics(gc: dict[str, Any], disk: dict[str, Any]):
+    """Garbage collection and the store's file system (docs/self-healing.md); present at 0
+    before the first GC pass."""
+    gauges = (
+        ("peerstore_gc_awaiting_bytes",
+         "Bytes of pieces no live version needs, not yet deleted (freed at the next GC pass)", "awaiting_bytes"),
+        ("peerstore_gc_leased_bytes",
+         "Bytes of pieces no live version needs yet, held by a running put's lease (or the boot lease)",
+         "leased_bytes"),
+    )
+    for name, text, key in gauges:
+        gauge = GaugeMetricFamily(name, text)
+        gauge.add_metric([], gc.get(key, 0) or 0)
+        yield gauge
+    blocked = GaugeMetricFamily("peerstore_gc_blocked",
+                                "1 if this node's last GC pass stopped before deleting (see peerstore status)")
+    blocked.add_metric([], 1 if gc.get("blocked") else 0)
+    yield blocked
+    freed = CounterMetricFamily("peerstore_gc_freed_bytes", "Bytes of pieces garbage collection deleted here")
+    freed.add_metric([], gc.get("freed_bytes", 0) or 0)
+    yield freed
+    if disk:  # only once the file system was measured
+        for name, text, key in (
+            ("peerstore_disk_free_bytes", "Free bytes on the file system of data_dir (for non-root users)", "free"),
+            ("peerstore_disk_size_bytes", "Size in bytes of the file system of data_dir", "total"),
+        ):
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], disk.get(key, 0))
+            yield gauge
 
 
 class Metrics:
@@ -110,5 +241,6 @@ class Metrics:
     def serve(self, host: str, port: int) -> None:
         """Start the HTTP endpoint in a daemon thread (port 0: disabled)."""
         if port:
-            start_http_server(port, addr=host, registry=self.registry)
+            # Bounded: idle connections time out and at most a few are served at once.
+            self.server = serve_metrics(self.registry, host, port)
             log.info("metrics on http://%s:%d/metrics", host, port)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import socket
 import time
 from collections import Counter
@@ -23,15 +24,22 @@ from peerstore.shell.config import Config
 from peerstore.core import events as ev
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
-from peerstore.shell.daemon.buffers import Buffers
+from peerstore.shell.daemon.admission import HandshakeGate, LogLimiter
+from peerstore.shell.daemon.buffers import Buffers, PayloadBudget
 from peerstore.shell.daemon.clients import ClientSession
 from peerstore.shell.daemon.gossip import GossipRunner
 from peerstore.shell.daemon.metrics import Metrics
 from peerstore.shell.daemon.peers import DIAL_ERRORS, Peers
+from peerstore.shell.daemon.watching import watcher_for
 from peerstore.ec import decode_data
-from peerstore.errors import AuthError, CodecError, DiskFullError, FormatError, PeerstoreError, StoreError
+from peerstore.errors import (
+    AuthError, CodecError, DiskFullError, DiskIOError, FormatError, PeerstoreError, PieceNotFoundError, StoreError,
+)
+from peerstore.shell.durable import disk_error
 from peerstore.shell.identity import NodeIdentity
+from peerstore.core.quorum import decode_stable
 from peerstore.core.snapshots import restore_catalog, restore_counters
+from peerstore.ec.rebuild import rebuild_pieces
 from peerstore.model.catalog import Catalog
 from peerstore.shell.netaddr import detect_address
 from peerstore.shell.store import MetaStore, PieceStore
@@ -43,12 +51,14 @@ log = logging.getLogger("peerstore.node")
 
 PIECE_PAYLOAD_TYPES = {msg.StorePiece.TYPE, msg.PieceData.TYPE}
 HANDSHAKE_TIMEOUT = 5.0
+AUTH_WARNING_INTERVAL = 30.0  # seconds between two "refused a connection" warnings
 ADDRESS_CHECK_INTERVAL = 2.0
 
 
 def core_settings(config: Config) -> CoreSettings:
     """The core's settings from the node's config (see ``CoreSettings.from_config``)."""
-    return CoreSettings.from_config(config.policy, config.transfer)
+    return CoreSettings.from_config(config.policy, config.transfer, scrub=config.scrub, repair=config.repair,
+                                    gc=config.gc, retention=config.retention)
 
 
 class Daemon:
@@ -61,9 +71,12 @@ class Daemon:
         catalog = self._load_catalog()
         self.core = NodeCore(
             self.node_id, core_settings(config), random.Random(), catalog=catalog,
-            inventory=self.pieces.inventory(), counters=self._load_counters(), boot_epoch=self.boot_epoch,
+            inventory=self.pieces.sizes(), counters=self._load_counters(), boot_epoch=self.boot_epoch,
+            stable_members=self._load_membership(),
         )
-        self.buffers = Buffers()
+        # Received payloads are admitted against the memory budget before they are allocated.
+        self.payloads = PayloadBudget(config.transfer.memory_budget, config.transfer.request_timeout)
+        self.buffers = Buffers(budget=self.payloads)
         self.metrics = Metrics()
         self.sessions: dict[int, ClientSession] = {}
         self.inputs_send, self.inputs = trio.open_memory_channel[Any](math.inf)
@@ -74,10 +87,14 @@ class Daemon:
         self.membership: GossipRunner | None = None
         self.mdns: Any = None
         self.store_limiter = trio.CapacityLimiter(4)
+        self.handshakes = HandshakeGate()  # unauthenticated connections: capped (bug: fd exhaustion)
+        self.auth_warnings = LogLimiter(AUTH_WARNING_INTERVAL)
+        self.read_only_warnings = LogLimiter(AUTH_WARNING_INTERVAL)  # every write fails alike
         self.nursery: trio.Nursery | None = None
         self.listen_port: int | None = None
         self.started = trio.Event()
         self._next_session = 0
+        self.watcher = watcher_for(config, self)  # None without watch.paths
 
     def _load_catalog(self) -> Catalog:
         catalog, problem = restore_catalog(self.meta.load_catalog())
@@ -95,6 +112,16 @@ class Daemon:
                 f"{self.meta.counters_path}: {err}; this file keeps version ids unique, so the node "
                 "will not start without it: restore it from a backup, or move it aside only if no put "
                 "ever ran through this node") from err
+
+    def _load_membership(self) -> frozenset[str] | None:
+        """The last stable membership repair saved; a rotten file is moved aside (the node
+        learns the membership again from its data, core/quorum.py)."""
+        try:
+            return decode_stable(self.meta.load_membership())
+        except FormatError as err:
+            moved = self.meta.quarantine_membership()
+            log.error("%s: %s; moved it to %s and starting without it", self.meta.membership_path, err, moved)
+            return None
 
     # -- running -------------------------------------------------------------------------
 
@@ -119,6 +146,8 @@ class Daemon:
             self.feed(ev.Started())  # as the simulator does: catch up with whoever is known
             nursery.start_soon(self._core_loop)
             nursery.start_soon(self._refresh_metrics)
+            if self.watcher is not None:
+                nursery.start_soon(self._run_watcher)
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
             log.info(
                 "node %s (boot %d) listening on %s:%d, data in %s, %d pieces held",
@@ -130,6 +159,26 @@ class Daemon:
 
     def feed(self, event: Any) -> None:
         self.inputs_send.send_nowait(event)
+
+    def new_session_token(self) -> int:
+        self._next_session += 1
+        return self._next_session
+
+    async def _run_watcher(self) -> None:
+        """Store finished checkpoints from watch.paths; a broken watcher is logged, and the
+        node goes on serving."""
+        assert self.watcher is not None
+        log.info("watching %s (settle %g s)", ", ".join(self.watcher.roots), self.watcher.settings.settle_seconds)
+        try:
+            await self.watcher.run()
+        except PeerstoreError as err:
+            log.error("the watcher stopped: %s", err)
+        except Exception:
+            log.exception("the watcher stopped")
+            self.metrics.errors.labels("internal").inc()
+
+    def watch_status(self) -> dict[str, Any] | None:
+        return self.watcher.status() if self.watcher is not None else None
 
     async def _core_loop(self) -> None:
         while True:
@@ -256,21 +305,85 @@ class Daemon:
         self.feed(ev.PieceStoredLocally(effect.tag, effect.piece_id, ok, error[:200]))
 
     def _store_failed(self, what: str, err: Exception) -> str:
-        """Count and log a failed local write; the operation fails, the node goes on."""
-        self.metrics.errors.labels("store").inc()
+        """Count and log a failed local disk operation (a DiskIOError names the path and
+        the errno); that operation fails, the node goes on. A disk found read-only is the
+        core's to act on (StoreHealthChanged): it stops taking pieces until a probe passes."""
+        if isinstance(err, DiskIOError):
+            self.metrics.errors.labels("disk_io").inc()
+            if err.read_only:
+                self.feed(ev.StoreHealthChanged(False, str(err)[:200]))
+                held = self.read_only_warnings.allow(trio.current_time())
+                if held is None:
+                    log.debug("%s failed: %s", what, err)
+                    return f"{what} failed: {err}"
+        else:
+            self.metrics.errors.labels("store").inc()
         log.warning("%s failed: %s", what, err)
         return f"{what} failed: {err}"
 
-    async def _do_VerifyHeldPiece(self, effect: ev.VerifyHeldPiece) -> None:
+    async def _do_ProbeStore(self, effect: ev.ProbeStore) -> None:
+        """Is the read-only store writable again? (The core asks every so often.)"""
         try:
+            await trio.to_thread.run_sync(self.pieces.probe_writable)
+            ok, error = True, ""
+            log.info("the data directory %s is writable again: taking pieces again", self.config.data_dir)
+        except (PeerstoreError, OSError) as err:
+            ok, error = False, str(err)[:200]
+        self.feed(ev.StoreProbed(effect.tag, ok, error))
+
+    async def _do_VerifyHeldPiece(self, effect: ev.VerifyHeldPiece) -> None:
+        """Re-hash a held piece from disk (a re-acknowledged store, scrub, verify); a copy
+        that does not match is moved to quarantine by PieceStore.verify."""
+        size, missing = 0, False
+        try:
+            size = self.pieces.size_of(effect.piece_id)
             ok = await trio.to_thread.run_sync(self.pieces.verify, effect.piece_id)
+        except PieceNotFoundError:
+            ok, missing = False, True  # removed meanwhile: not corruption
         except (StoreError, OSError) as err:
-            ok = False
-            log.warning("re-reading held piece %s failed: %s", effect.piece_id.hex()[:16], err)
-        if not ok:
+            # Unreadable is as good as lost: the core stops counting on this copy.
+            self._store_failed("re-reading held piece " + effect.piece_id.hex()[:16], err)
+            self.feed(ev.HeldPieceVerified(effect.tag, effect.piece_id, False, size=size))
+            return
+        if not ok and not missing:
             self.metrics.errors.labels("corrupt_piece").inc()
-            log.warning("held piece %s no longer matches its id; replacing it", effect.piece_id.hex()[:16])
-        self.feed(ev.HeldPieceVerified(effect.tag, effect.piece_id, ok))
+            log.warning("held piece %s no longer matches its id; moved it to %s", effect.piece_id.hex()[:16],
+                        self.pieces.quarantine_dir)
+        self.feed(ev.HeldPieceVerified(effect.tag, effect.piece_id, ok, size=size, missing=missing))
+
+    async def _do_DeletePieces(self, effect: ev.DeletePieces) -> None:
+        """Garbage collection: remove the piece files (no fsync: see PieceStore.remove)."""
+        def remove() -> tuple[list[bytes], int, Exception | None]:
+            gone, freed, failure = [], 0, None
+            for pid in effect.piece_ids:
+                try:
+                    freed += self.pieces.remove(pid) or 0
+                    gone.append(pid)
+                except (StoreError, OSError) as err:
+                    failure = err
+            return gone, freed, failure
+
+        async with self.store_limiter:
+            gone, freed, failure = await trio.to_thread.run_sync(remove)
+        error = ""
+        if failure is not None:
+            error = self._store_failed(f"deleting {len(effect.piece_ids) - len(gone)} piece(s)", failure)
+        self.feed(ev.PiecesDeleted(effect.tag, tuple(gone), freed, error[:200]))
+
+    async def _do_DeleteManifests(self, effect: ev.DeleteManifests) -> None:
+        def remove() -> str:
+            error = ""
+            for mid in effect.manifest_ids:
+                try:
+                    self.meta.delete_manifest(mid)
+                except (PeerstoreError, OSError) as err:
+                    error = str(err)
+            return error
+
+        error = await trio.to_thread.run_sync(remove)
+        if error:
+            self._store_failed("deleting manifests", StoreError(error))
+        self.feed(ev.ManifestsDeleted(effect.tag, error[:200]))
 
     async def _do_LoadPiece(self, effect: ev.LoadPiece) -> None:
         handle = None
@@ -286,8 +399,10 @@ class Daemon:
             try:
                 if await trio.to_thread.run_sync(read):
                     handle = self.buffers.add(slab, owner=slab)
-            except OSError:
-                pass
+            except FileNotFoundError:
+                pass  # removed meanwhile: not held
+            except OSError as err:
+                self._store_failed("loading piece " + effect.piece_id.hex()[:16], disk_error(err, path, "reading"))
         self.feed(ev.PieceLoaded(effect.tag, effect.piece_id, handle))
 
     async def _do_VerifyPiece(self, effect: ev.VerifyPiece) -> None:
@@ -311,6 +426,9 @@ class Daemon:
     async def _do_LoadManifest(self, effect: ev.LoadManifest) -> None:
         try:
             blob = await trio.to_thread.run_sync(self.meta.get_manifest, effect.manifest_id)
+        except DiskIOError as err:
+            self._store_failed("loading manifest " + effect.manifest_id.hex()[:16], err)
+            blob = None
         except (PeerstoreError, OSError):
             blob = None
         self.feed(ev.ManifestLoaded(effect.tag, blob))
@@ -330,6 +448,34 @@ class Daemon:
         except (PeerstoreError, OSError) as err:
             error = self._store_failed("saving the version counters", err)
             self.feed(ev.CountersPersisted(effect.tag, False, error[:200]))
+
+    async def _do_PersistMembership(self, effect: ev.PersistMembership) -> None:
+        try:
+            await trio.to_thread.run_sync(self.meta.save_membership, effect.blob)
+            self.feed(ev.MembershipPersisted(effect.tag, True))
+        except (PeerstoreError, OSError) as err:
+            error = self._store_failed("saving the stable membership", err)
+            self.feed(ev.MembershipPersisted(effect.tag, False, error[:200]))
+
+    async def _do_RebuildPieces(self, effect: ev.RebuildPieces) -> None:
+        """Repair: decode the stripe from the verified pieces and re-encode the positions
+        wanted, in a worker thread; the core verifies what comes back."""
+        pieces = {pos: self.buffers.borrow(handle) for pos, handle in effect.pieces}
+        handles: tuple[tuple[int, int], ...] = ()
+        error = ""
+        try:
+            if any(data is None for data in pieces.values()):
+                raise FormatError("a piece to rebuild from was released")
+            made = await trio.to_thread.run_sync(
+                rebuild_pieces, pieces, effect.k, effect.p, effect.shard_lengths, effect.want)
+            handles = tuple((pos, self.buffers.add(data)) for pos, data in sorted(made.items()))
+        except (FormatError, ValueError) as err:
+            error = str(err)[:200]
+            log.warning("rebuilding pieces for repair failed: %s", err)
+        finally:
+            for _, handle in effect.pieces:
+                self.buffers.give_back(handle)
+        self.feed(ev.PiecesRebuilt(effect.tag, handles, error))
 
     async def deliver(self, session: ClientSession, effect: ev.DeliverStripe) -> None:
         """Send one stripe's data to the client (rebuilding it from parity if needed)."""
@@ -367,15 +513,26 @@ class Daemon:
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         tune_socket(stream)
         wire = WireStream(stream, role="server", cluster_key=self.config.cluster_key, node_id=self.node_id)
-        try:
-            peer = await wire.handshake(HANDSHAKE_TIMEOUT)
-        except AuthError as err:
-            self.metrics.errors.labels("auth").inc()
-            log.warning("refused a connection from %s: %s", _remote(stream), err)
-            await wire.aclose()
-            return
-        except (CodecError, PeerClosed, trio.TooSlowError, trio.BrokenResourceError, OSError) as err:
-            log.debug("handshake with %s failed: %s", _remote(stream), err)
+        peer = None
+        # Pending handshakes are capped in total and per address (admission.py): a flood of
+        # half-open connections drops its own oldest, never an established peer.
+        with trio.CancelScope() as gate_scope:
+            ticket = self.handshakes.admit(_remote(stream).rpartition(":")[0], gate_scope)
+            try:
+                peer = await wire.handshake(HANDSHAKE_TIMEOUT)
+            except AuthError as err:
+                self.metrics.errors.labels("auth").inc()
+                held = self.auth_warnings.allow(trio.current_time())
+                if held is not None:
+                    log.warning("refused a connection from %s: %s%s", _remote(stream), err,
+                                f" ({held} more refused since the last warning)" if held else "")
+            except (CodecError, PeerClosed, trio.TooSlowError, trio.BrokenResourceError, OSError) as err:
+                log.debug("handshake with %s failed: %s", _remote(stream), err)
+            finally:
+                self.handshakes.done(ticket)
+        if gate_scope.cancelled_caught:
+            self.metrics.errors.labels("handshake_dropped").inc()
+        if peer is None:
             await wire.aclose()
             return
         if peer == self.node_id:
@@ -383,11 +540,14 @@ class Daemon:
             return
         # The first frame tells a CLI (a client request) from a node (anything else).
         try:
-            first = await wire.receive(verify=False)
-        except (PeerClosed, CodecError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            first = await wire.receive(verify=False, budget=self.payloads)
+        except (PeerClosed, CodecError, trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                trio.TooSlowError):
             await wire.aclose()
             return
         if first.header.get("t") in cp.REQUESTS:
+            if first.payload is not None:  # a request's header is all a session reads of it
+                self.payloads.release(len(first.payload))
             await self._serve_client(wire, first)
         else:
             await self.peers.serve(wire, first)
@@ -395,10 +555,13 @@ class Daemon:
     async def _receive_from_peer(self, peer: str, wire: WireStream, first: Frame | None = None) -> None:
         """Receive frames from a peer until the connection ends; feed them to the core."""
         while True:
+            charged = 0  # payload bytes admitted to self.payloads and not yet handed on
             try:
-                frame, first = (first, None) if first is not None else (await wire.receive(verify=False), None)
+                frame, first = (first, None) if first is not None else (
+                    await wire.receive(verify=False, budget=self.payloads), None)
                 kind = frame.header.get("t")
                 payload = frame.payload
+                charged = len(payload) if payload is not None else 0
                 handle = None
                 if kind == "gossip" and self.membership is not None:
                     if payload is None or blake3.blake3(payload).digest() != frame.payload_hash:
@@ -411,7 +574,8 @@ class Daemon:
                         raise CodecError("a piece payload's hash is not its piece id")
                     message = msg.from_header(frame.header)
                     if payload is not None:
-                        handle = self.buffers.add(payload, owner=payload)
+                        handle = self.buffers.add(payload, owner=payload, charged=charged)
+                        charged = 0
                         self.metrics.bytes_received.labels(peer).inc(len(payload))
                         self.metrics.pieces_received.labels(peer).inc()
                 else:
@@ -426,11 +590,18 @@ class Daemon:
                 self.metrics.errors.labels("codec").inc()
                 log.warning("dropping connection to %s: %s", peer, err)
                 return
+            except trio.TooSlowError:
+                self.metrics.errors.labels("memory").inc()
+                log.warning("dropping connection to %s: its next payload did not fit transfer.memory_budget "
+                            "(%d bytes held) within %g s", peer, self.payloads.used, self.payloads.timeout)
+                return
+            finally:
+                if charged:
+                    self.payloads.release(charged)
             self.feed(ev.MessageReceived(peer, message, handle))
 
     async def _serve_client(self, wire: WireStream, first: Frame) -> None:
-        self._next_session += 1
-        session = ClientSession(self, self._next_session, wire)
+        session = ClientSession(self, self.new_session_token(), wire)
         self.sessions[session.token] = session
         try:
             await session.run(first)
@@ -451,11 +622,23 @@ class Daemon:
                 "members": self.membership.state_counts() if self.membership else {},
                 "local_health": self.membership.swim.local_health if self.membership else 0,
                 "tolerance": dict(tolerance), "min_tolerance": self.config.policy.min_tolerance,
+                "watch": self.watcher.metrics() if self.watcher is not None else {},
+                "repair": self.core.repair.report(trio.current_time()),
+                "gc": self.core.gc.refresh_figures(trio.current_time()).as_dict(),
+                "disk": self._disk_usage(),
+                "scrub": self.core.integrity.report(trio.current_time()),
                 "core": {**dict(self.core.stats),
                          **{f"gossip_{k}": v for k, v in (self.membership.swim.stats.items() if self.membership else ())},
                          **{f"gossip_dropped_{k}": v for k, v in (self.membership.dropped.items() if self.membership else ())}},
             }
             await trio.sleep(1.0)
+
+    def _disk_usage(self) -> dict[str, int]:
+        try:
+            usage = shutil.disk_usage(self.config.data_dir)
+        except OSError:
+            return {}
+        return {"free": usage.free, "total": usage.total}
 
     def member_rows(self) -> list[dict[str, Any]]:
         return self.membership.rows() if self.membership is not None else []

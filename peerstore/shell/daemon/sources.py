@@ -8,13 +8,15 @@ hashes its shards and computes parity.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import blake3
 import trio
 
 from peerstore.ec import encode_parity, piece_id
+from peerstore.errors import CHANGED_DURING_PUT
 from peerstore.wire import client_protocol as cp
 
 
@@ -23,39 +25,129 @@ class SourceError(Exception):
 
 
 class LocalFiles:
-    """A file or directory on this machine, named by the client (same host)."""
+    """A file or directory on this machine, named by the client (same host).
 
-    def __init__(self, root: Path, paths: list[str], single: bool):
+    Each file is opened once, at its first read, and kept open until its last stripe was
+    read (the core asks for one file's stripes in order, then ``finish_file``). At open its
+    stat must match the request: the size, and the (mtime_ns, inode) the client saw when it
+    gives them. After the last read ``finish_file`` stats the open file and its path again
+    and refuses any change of size, mtime, ctime or inode, so a file modified in place or
+    appended to during the put fails it (the reason contains ``CHANGED_DURING_PUT``)
+    instead of being stored torn.
+    """
+
+    def __init__(self, root: Path, paths: list[str], single: bool, sizes: list[int] | None = None,
+                 expect: list[tuple[int, int] | None] | None = None):
         self.root = root
         self.paths = paths
         self.single = single
+        self.sizes = sizes
+        self.expect = expect
+        self._open: dict[int, tuple[BinaryIO, os.stat_result]] = {}
 
     def _path(self, file_index: int) -> Path:
         if self.single:
             return self.root
         return self.root.joinpath(*self.paths[file_index].split("/"))
 
+    def _opened(self, file_index: int) -> tuple[BinaryIO, os.stat_result]:
+        """The file's handle and its stat at open (opening it on first use); in a thread."""
+        if file_index in self._open:
+            return self._open[file_index]
+        path = self._path(file_index)
+        # O_NONBLOCK: opening a FIFO must not wedge a worker thread; fstat refuses it below.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        handle = os.fdopen(fd, "rb")
+        try:
+            st = os.fstat(handle.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceError(f"{path} is not a regular file")
+            problem = self._differs_from_request(file_index, st)
+            if problem:
+                raise SourceError(f"{path} {CHANGED_DURING_PUT}: {problem}; store it again once it is completely written")
+        except BaseException:
+            handle.close()
+            raise
+        self._open[file_index] = (handle, st)
+        return handle, st
+
+    def _differs_from_request(self, file_index: int, st: os.stat_result) -> str | None:
+        if self.sizes is not None and st.st_size != self.sizes[file_index]:
+            return f"it is {st.st_size} bytes, the put was planned for {self.sizes[file_index]}"
+        seen = self.expect[file_index] if self.expect is not None else None
+        if seen is not None and (st.st_mtime_ns, st.st_ino) != seen:
+            return (f"mtime_ns {st.st_mtime_ns} and inode {st.st_ino} at open, the client saw "
+                    f"mtime_ns {seen[0]} and inode {seen[1]}")
+        return None
+
     async def read(self, file_index: int, offset: int, buffers: list[memoryview]) -> None:
         """Fill ``buffers`` (one per shard) from the file, starting at ``offset``."""
-        path = self._path(file_index)
-        length = sum(len(b) for b in buffers)
 
         def read() -> None:
-            with open(path, "rb") as handle:
-                if hasattr(os, "posix_fadvise"):  # Linux: read ahead aggressively
-                    try:
-                        os.posix_fadvise(handle.fileno(), offset, length, os.POSIX_FADV_SEQUENTIAL)
-                    except OSError:
-                        pass
-                handle.seek(offset)
-                for buffer in buffers:
-                    if handle.readinto(buffer) != len(buffer):
-                        raise SourceError(f"{path} is shorter than when the put started (changed while reading?)")
+            handle, _ = self._opened(file_index)
+            if offset == 0 and hasattr(os, "posix_fadvise"):  # Linux: read ahead aggressively
+                try:
+                    os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                except OSError:
+                    pass
+            handle.seek(offset)
+            for buffer in buffers:
+                if handle.readinto(buffer) != len(buffer):
+                    raise SourceError(f"{self._path(file_index)} {CHANGED_DURING_PUT}: it is shorter than when "
+                                      "the put started; store it again once it is completely written")
 
         try:
             await trio.to_thread.run_sync(read)
         except OSError as err:
-            raise SourceError(f"cannot read {path}: {err.strerror}") from err
+            raise SourceError(f"cannot read {self._path(file_index)}: {err.strerror}") from err
+
+    async def finish_file(self, file_index: int) -> str | None:
+        """After the file's last read: None if it is unchanged since it was opened, else why
+        not. Closes it."""
+
+        def check() -> str | None:
+            handle, before = self._opened(file_index)  # a 0-byte file is opened only now
+            try:
+                after = os.fstat(handle.fileno())
+                try:
+                    named = os.stat(self._path(file_index))
+                except FileNotFoundError:
+                    named = None
+            finally:
+                self._open.pop(file_index, None)
+                handle.close()
+            change = stat_change(before, after)
+            if change is None and named is None:
+                change = "it was deleted"
+            elif change is None and (named.st_dev, named.st_ino) != (before.st_dev, before.st_ino):
+                change = "another file was renamed over it"
+            if change is None:
+                return None
+            return (f"{self._path(file_index)} {CHANGED_DURING_PUT} ({change}); "
+                    "store it again once it is completely written")
+
+        try:
+            return await trio.to_thread.run_sync(check)
+        except SourceError as err:
+            return str(err)
+        except OSError as err:
+            return f"cannot read {self._path(file_index)}: {err.strerror}"
+
+    def close(self) -> None:
+        """Close whatever is still open (a put that failed or was cancelled midway)."""
+        for handle, _ in self._open.values():
+            handle.close()
+        self._open.clear()
+
+
+def stat_change(before: os.stat_result, after: os.stat_result) -> str | None:
+    """How a file's stat changed (size, mtime, ctime, inode), or None."""
+    for what, attr in (("size", "st_size"), ("mtime_ns", "st_mtime_ns"), ("ctime_ns", "st_ctime_ns"),
+                       ("inode", "st_ino")):
+        a, b = getattr(before, attr), getattr(after, attr)
+        if a != b:
+            return f"{what} changed from {a} to {b}"
+    return None
 
 
 class ClientStream:
@@ -94,6 +186,13 @@ class ClientStream:
     async def feed(self, header: dict[str, Any], payload: Any) -> None:
         f, o = cp.parse_position(header)
         await self.send.send((f, o, payload or b""))
+
+    async def finish_file(self, file_index: int) -> str | None:
+        """The client checks its own files for changes (it stops before sending the end)."""
+        return None
+
+    def close(self) -> None:
+        pass
 
 
 class FileHasher:

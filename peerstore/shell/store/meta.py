@@ -5,6 +5,7 @@ Layout under the store root::
     manifests/<64 hex>   one immutable manifest, named by the BLAKE3 of its encoding
     catalog.bin          the replicated catalog, replaced atomically as a whole
     counters.bin         version counters this node reserved (never handed out twice)
+    membership.bin       the last stable membership repair saw (its majority rule)
     quarantine/          manifests found corrupt
 
 The bytes are opaque here; peerstore.model.manifest owns their format.
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import blake3
 
-from peerstore.shell.durable import write_file_atomic
+from peerstore.shell.durable import disk_error, write_file_atomic
 from peerstore.errors import CorruptPieceError
 from peerstore.shell.store.pieces import DIR_MODE, FILE_MODE, make_dir_durably, check_id, is_id_name, quarantine_file
 
 CATALOG_NAME = "catalog.bin"
 COUNTERS_NAME = "counters.bin"
+MEMBERSHIP_NAME = "membership.bin"
 
 
 def _is_stale_temp(name: str) -> bool:
@@ -42,6 +44,7 @@ class MetaStore:
         self.manifests_dir = self.root / "manifests"
         self.catalog_path = self.root / CATALOG_NAME
         self.counters_path = self.root / COUNTERS_NAME
+        self.membership_path = self.root / MEMBERSHIP_NAME
         self.quarantine_dir = self.root / "quarantine"
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         make_dir_durably(self.manifests_dir)
@@ -96,6 +99,8 @@ class MetaStore:
             with self._lock:
                 self._ids.discard(manifest_id)
             return None
+        except OSError as exc:
+            raise disk_error(exc, path, "reading") from exc
         if blake3.blake3(data).digest() == manifest_id:
             return data
         with self._lock:
@@ -115,6 +120,22 @@ class MetaStore:
         with self._lock:
             return manifest_id in self._ids
 
+    def delete_manifest(self, manifest_id: bytes) -> bool:
+        """Remove a manifest file (garbage collection of a removed version); False if it
+        was not there. No fsync: a delete a crash undoes brings back an unused file."""
+        manifest_id = check_id(manifest_id, "manifest id")
+        try:
+            os.unlink(self._path(manifest_id))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise disk_error(exc, self._path(manifest_id), "deleting") from exc
+        finally:
+            with self._lock:
+                if not self._path(manifest_id).exists():
+                    self._ids.discard(manifest_id)
+        return True
+
     def manifest_ids(self) -> frozenset[bytes]:
         """The ids of every manifest held."""
         with self._lock:
@@ -126,10 +147,7 @@ class MetaStore:
 
     def load_catalog(self) -> bytes | None:
         """The last saved catalog, or None if none was ever saved."""
-        try:
-            return self.catalog_path.read_bytes()
-        except FileNotFoundError:
-            return None
+        return _read_if_there(self.catalog_path)
 
     def quarantine_catalog(self) -> Path:
         """Move a catalog file found corrupt aside (kept for inspection); where it went."""
@@ -141,7 +159,27 @@ class MetaStore:
 
     def load_counters(self) -> bytes | None:
         """The last saved counters, or None if none were ever saved."""
-        try:
-            return self.counters_path.read_bytes()
-        except FileNotFoundError:
-            return None
+        return _read_if_there(self.counters_path)
+
+    def save_membership(self, data: bytes) -> None:
+        """Replace the last stable membership durably (old or new bytes after a crash)."""
+        write_file_atomic(self.membership_path, bytes(data), mode=FILE_MODE)
+
+    def quarantine_membership(self) -> Path:
+        """Move a membership file found corrupt aside; where it went."""
+        return quarantine_file(self.membership_path, self.quarantine_dir, MEMBERSHIP_NAME)
+
+    def load_membership(self) -> bytes | None:
+        """The last saved stable membership, or None if none was ever saved."""
+        return _read_if_there(self.membership_path)
+
+
+def _read_if_there(path: Path) -> bytes | None:
+    """The file's bytes; None if it does not exist; DiskIOError (path, errno) if the disk
+    cannot read it."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise disk_error(exc, path, "reading") from exc

@@ -7,7 +7,8 @@ Layout under the store root::
     quarantine/                     pieces found corrupt, kept for inspection, never served
 
 A piece becomes visible (``has`` is true) only after its bytes are fsynced, it is renamed
-into place and its directory is fsynced, so "held" always means "durable".
+into place and its directory is fsynced, so "held" always means "durable". Disk errors
+come out as DiskFullError or DiskIOError (path and errno named), never as a raw OSError.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import NoReturn
 
 import blake3
 
-from peerstore.shell.durable import fsync_dir, fsync_file
+from peerstore.shell.durable import disk_error, fsync_dir, fsync_file
 from peerstore.errors import CorruptPieceError, DiskFullError, PieceNotFoundError, StoreError
 
 PIECE_ID_LEN = 32
@@ -170,11 +171,30 @@ class PieceStore:
 
     def free_bytes(self) -> int:
         """Bytes that can still be written: the real disk's free space, within the cap."""
-        disk_free = shutil.disk_usage(self.root).free
+        disk_free = self._disk_free()
         if self.capacity_bytes is None:
             return disk_free
         with self._lock:
             return max(0, min(disk_free, self.capacity_bytes - self._used - self._reserved))
+
+    def probe_writable(self) -> None:
+        """Write a small file durably in tmp/ and remove it: is the disk writable (again)?
+        DiskIOError (path, errno) or DiskFullError if not."""
+        path = self.tmp_dir / f"probe-{secrets.token_hex(6)}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                os.write(fd, b"peerstore write probe\n")
+                fsync_file(fd)
+            finally:
+                os.close(fd)
+            os.unlink(path)
+        except OSError as exc:
+            try:
+                _unlink_quietly(path)
+            except OSError:
+                pass
+            raise disk_error(exc, exc.filename or path, "probing") from exc
 
     # -- writing -------------------------------------------------------------------
 
@@ -206,10 +226,16 @@ class PieceStore:
         pid = check_id(pid)
         if not isinstance(size, int) or size < 0:
             raise StoreError(f"a piece size must be a non-negative int, got {size!r}")
-        disk_free = shutil.disk_usage(self.root).free
+        disk_free = self._disk_free()
         if size > disk_free:
             raise DiskFullError(self._full_message(pid, size, disk_free))
         return PieceWriter(self, pid, size)
+
+    def _disk_free(self) -> int:
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise disk_error(exc, self.root, "measuring the free space of") from exc
 
     def _full_message(self, pid: bytes, needed: int, free: int) -> str:
         cap = "" if self.capacity_bytes is None else f" (capacity cap {self.capacity_bytes} bytes)"
@@ -265,6 +291,8 @@ class PieceStore:
         except FileNotFoundError:
             self._forget(pid)
             raise PieceNotFoundError(f"piece {pid.hex()} vanished from disk; it is no longer held") from None
+        except OSError as exc:
+            raise disk_error(exc, self._path(pid), "reading") from exc
         if blake3.blake3(data).digest() != pid:
             raise self._quarantine(pid, inode)
         return data
@@ -278,10 +306,16 @@ class PieceStore:
                 f"range [{offset}, {offset + length}) is outside piece {pid.hex()} of {size} bytes"
             )
         parts = []
-        fd = os.open(self._path(pid), os.O_RDONLY)
+        try:
+            fd = os.open(self._path(pid), os.O_RDONLY)
+        except OSError as exc:
+            raise disk_error(exc, self._path(pid), "opening") from exc
         try:
             while length:
-                chunk = os.pread(fd, length, offset)
+                try:
+                    chunk = os.pread(fd, length, offset)
+                except OSError as exc:
+                    raise disk_error(exc, self._path(pid), "reading") from exc
                 if not chunk:
                     raise CorruptPieceError(
                         f"piece {pid.hex()} is shorter on disk than its recorded {size} bytes; "
@@ -307,6 +341,8 @@ class PieceStore:
         except FileNotFoundError:
             self._forget(pid)
             raise PieceNotFoundError(f"piece {pid.hex()} vanished from disk; it is no longer held") from None
+        except OSError as exc:
+            raise disk_error(exc, self._path(pid), "reading") from exc
         if hasher.digest() != pid:
             self._quarantine(pid, inode)
             return False
@@ -315,16 +351,32 @@ class PieceStore:
     # -- removal -------------------------------------------------------------------
 
     def delete(self, pid: bytes) -> bool:
-        """Remove a piece; False if it was not held.
+        """Remove a piece; False if it was not held (see ``remove``)."""
+        return self.remove(pid) is not None
 
+    def remove(self, pid: bytes) -> int | None:
+        """Remove a piece; the bytes freed, or None if it was not held.
+
+        The file goes first: if unlinking fails (DiskIOError) the piece is still held.
         No directory fsync: a deletion undone by a crash merely brings the piece back.
         """
         pid = check_id(pid)
         with self._piece_lock(pid):
-            if not self._forget(pid):
-                return False
-            _unlink_quietly(self._path(pid))
-        return True
+            with self._lock:
+                size = self._sizes.get(pid)
+            if size is None:
+                return None
+            try:
+                _unlink_quietly(self._path(pid))
+            except OSError as exc:
+                raise disk_error(exc, self._path(pid), "deleting") from exc
+            self._forget(pid)
+        return size
+
+    def sizes(self) -> dict[bytes, int]:
+        """Every piece held and its length in bytes."""
+        with self._lock:
+            return dict(self._sizes)
 
     def _forget(self, pid: bytes) -> bool:
         with self._lock:
@@ -367,11 +419,15 @@ class PieceWriter:
         self._hasher = None if _verified else blake3.blake3()
         self._done = False
         store._reserve(pid, size)
+        self._tmp = store.tmp_dir / f"{pid.hex()}.{secrets.token_hex(8)}"
         try:
-            self._tmp = store.tmp_dir / f"{pid.hex()}.{secrets.token_hex(8)}"
             self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        except BaseException:
+        except BaseException as exc:
             store._release(size)
+            if isinstance(exc, OSError) and exc.errno not in _DISK_FULL_ERRNOS:
+                raise disk_error(exc, self._tmp, "creating") from exc
+            if isinstance(exc, OSError):
+                raise DiskFullError(store._full_message(pid, size, 0)) from exc
             raise
 
     def write(self, chunk) -> None:
@@ -421,14 +477,20 @@ class PieceWriter:
         return stored
 
     def abort(self) -> None:
-        """Discard what was written. Safe to call more than once."""
+        """Discard what was written. Safe to call more than once; never raises an OS
+        error (on a failing or read-only disk the temp file may stay: the next start
+        sweeps tmp/)."""
         if self._done:
             return
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        _unlink_quietly(self._tmp)
-        self._finish()
+        try:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+            _unlink_quietly(self._tmp)
+        except OSError:
+            pass
+        finally:
+            self._finish()
 
     def _finish(self) -> None:
         if not self._done:
@@ -436,11 +498,17 @@ class PieceWriter:
             self._store._release(self.size)
 
     def _fail(self, exc: OSError) -> NoReturn:
+        """Abort, and raise DiskFullError (a full disk) or DiskIOError (any other OS
+        error, with the path and errno): never a raw OSError, so every caller can fail
+        just this piece and go on."""
         self.abort()
         if exc.errno in _DISK_FULL_ERRNOS:
-            free = shutil.disk_usage(self._store.root).free
+            try:
+                free = shutil.disk_usage(self._store.root).free
+            except OSError:
+                free = 0
             raise DiskFullError(self._store._full_message(self.pid, self.size, free)) from exc
-        raise exc
+        raise disk_error(exc, exc.filename or self._tmp, "writing piece " + self.pid.hex()[:16] + " to") from exc
 
     def _check_open(self) -> None:
         if self._done:

@@ -13,7 +13,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from peerstore.errors import CorruptPieceError, DiskFullError, PieceNotFoundError, StoreError
+from peerstore.errors import DiskIOError, CorruptPieceError, DiskFullError, PieceNotFoundError, StoreError
 from peerstore.shell.store import PieceStore
 
 
@@ -333,7 +333,7 @@ def test_free_bytes_without_cap_is_the_disk(store: PieceStore, tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "code,expected", [(errno.EIO, OSError), (errno.ENOSPC, DiskFullError), (errno.EDQUOT, DiskFullError)]
+    "code,expected", [(errno.EIO, DiskIOError), (errno.ENOSPC, DiskFullError), (errno.EDQUOT, DiskFullError)]
 )
 @pytest.mark.parametrize("step", ["fsync_file", "fsync_dir"])
 @pytest.mark.parametrize("prefix_dir_exists", [False, True])

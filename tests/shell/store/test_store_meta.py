@@ -11,7 +11,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from peerstore.errors import CorruptPieceError, StoreError
+from peerstore.errors import DiskIOError, CorruptPieceError, StoreError
 from peerstore.shell.store import MetaStore
 
 
@@ -106,7 +106,7 @@ def test_catalog_save_is_atomic_when_it_fails_midway(meta: MetaStore, tmp_path: 
 
     target = "peerstore.shell.durable.fsync_file" if failing == "fsync_file" else "peerstore.shell.durable.os.replace"
     monkeypatch.setattr(target, fail)
-    with pytest.raises(OSError):
+    with pytest.raises(DiskIOError, match="catalog.bin failed: .Errno 5 EIO"):
         meta.save_catalog(b"new")
     monkeypatch.undo()
     assert meta.load_catalog() == b"old"
