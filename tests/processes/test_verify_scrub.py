@@ -117,10 +117,14 @@ def test_scrub_finds_rot_by_itself_and_status_shows_its_last_result(tmp_path):
 
         wait_for(scrub_found_them, 60, "scrub on the rotten nodes to find the flipped pieces")
         wait_for(lambda: verify(c)[0] == 0, 60, "verify to report all well after scrub and repair")
-        status = c.status()
-        for row in status["nodes"]:
-            scrub = row["report"]["scrub"]
-            assert scrub["passes"] >= 1 and scrub["last_pass_age"] is not None
+
+        def every_node_finished_a_pass() -> bool:  # a pass takes about one period (5 s)
+            rows = (c.status() or {}).get("nodes", [])
+            return len(rows) == NODES and all(
+                (row.get("report") or {}).get("scrub", {}).get("passes", 0) >= 1
+                and row["report"]["scrub"].get("last_pass_age") is not None for row in rows)
+
+        wait_for(every_node_finished_a_pass, 30, "every node to finish a scrub pass")
         text = c.cli("status").stdout
         assert "scrub" in text.lower()
         i = rotten[0][0]

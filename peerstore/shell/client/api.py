@@ -10,7 +10,7 @@ removes and asks for status. Every wait on the network is bounded by the connect
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -362,7 +362,10 @@ class NodeClient:
 
     # -- small requests
 
-    async def _ask(self, request: dict, answers: set[str]) -> dict:
+    async def _ask(self, request: dict, answers: set[str],
+                   on_progress: Callable[[dict], None] | None = None) -> dict:
+        """Send ``request`` and return the first answer of a kind in ``answers`` (or
+        "failed"), its body merged into its header; "progress" frames go to ``on_progress``."""
         wire = await self._take_wire()
         try:
             await wire.send(request)
@@ -382,6 +385,8 @@ class NodeClient:
                     return {**event.header, **cp.decode_body(bytes(body))} if body else event.header
                 if kind != "progress":
                     raise CodecError(f"{wire.where} answered {request['t']} with an unexpected {kind!r} frame")
+                if on_progress is not None:
+                    on_progress(event.header)
         finally:
             await wire.aclose()
 
@@ -414,44 +419,30 @@ class NodeClient:
             parse_spec(spec)
             request["spec"] = spec
         progress = progress or Progress(enabled=False)
-        wire = await self._take_wire()
-        started = False
+
+        started = []
+
+        def show(header: dict) -> None:
+            done, total = header.get("done"), header.get("total")
+            if type(done) is int and type(total) is int:
+                if not started or total != progress.total:
+                    progress.start(total, f"verify {spec or 'all'}")
+                    started.append(True)
+                progress.update(done)
+
         try:
-            await wire.send(request)
-            while True:
-                event = await wire.next_event()
-                if isinstance(event, ConnectionClosed):
-                    raise ConnectionLost(f"{wire.where} closed the connection before the verify finished")
-                if not isinstance(event, Message):
-                    continue
-                body = bytearray()
-                if event.payload_len:
-                    if event.payload_len > cp.MAX_BODY:
-                        raise CodecError(f"{wire.where} sent a {event.payload_len}-byte reply body")
-                    await wire.read_payload(event, body.extend)
-                header, kind = event.header, event.header.get("t")
-                if kind == "progress":
-                    done, total = header.get("done"), header.get("total")
-                    if type(done) is int and type(total) is int:
-                        if not started or total != progress.total:
-                            progress.start(total, f"verify {spec or 'all'}")
-                            started = True
-                        progress.update(done)
-                elif kind == "verified":
-                    report = cp.decode_body(bytes(body)) if body else {}
-                    if not isinstance(report.get("checkpoints"), list):
-                        raise CodecError(f"{wire.where} sent a malformed verify report")
-                    return report
-                elif kind == "failed":
-                    reason = str(header.get("reason", "no reason given"))
-                    if spec is not None and await self._missing(spec, header):
-                        raise NotFoundError(reason)
-                    raise PeerstoreError(f"verify failed: {reason}")
-                else:
-                    raise CodecError(f"{wire.where} answered verify with an unexpected {kind!r} frame")
+            answer = await self._ask(request, {"verified"}, show)
         finally:
             progress.finish()
-            await wire.aclose()
+        if answer["t"] == "failed":
+            reason = str(answer.get("reason", "no reason given"))
+            if spec is not None and await self._missing(spec, answer):
+                raise NotFoundError(reason)
+            raise PeerstoreError(f"verify failed: {reason}")
+        report = _strip(answer)
+        if not isinstance(report.get("checkpoints"), list):
+            raise CodecError(f"{self.where} sent a malformed verify report")
+        return report
 
     async def rm(self, spec: str) -> dict:
         """Remove ``NAME`` (every version this node has seen) or ``NAME@V``; {"versions": [...]}."""
