@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Callable
 
 from peerstore.core import events as ev
@@ -57,3 +58,30 @@ class ManifestFetch:
                 t, reply.blob if isinstance(reply, msg.ManifestData) and reply.found else None),
             lambda t, why: self._got(t, None),
         )
+
+
+def fetch_manifests(node: "Messenger", now: float, manifest_ids: Iterable[bytes],
+                    into: dict[bytes, Manifest | None], on_done: Callable[[float], None],
+                    wanted: Callable[[], bool] = lambda: True) -> None:
+    """Load every manifest of ``manifest_ids`` not yet in ``into``, one after another, into
+    ``into`` (None for one no node could give); then ``on_done(now)``. Stops quietly once
+    ``wanted()`` is false (the operation that asked has finished)."""
+    missing = [mid for mid in dict.fromkeys(manifest_ids) if mid not in into]
+
+    def next_one(now: float) -> None:
+        if not wanted():
+            return
+        while missing and missing[0] in into:
+            missing.pop(0)
+        if not missing:
+            on_done(now)
+            return
+        mid = missing.pop(0)
+
+        def loaded(t: float, manifest: Manifest | None) -> None:
+            into[mid] = manifest
+            next_one(t)
+
+        ManifestFetch(node, mid, loaded).start()
+
+    next_one(now)

@@ -13,7 +13,7 @@ from typing import Any
 
 from peerstore.model import placement
 from peerstore.core import events as ev
-from peerstore.core.manifests import ManifestFetch
+from peerstore.core.manifests import fetch_manifests
 from peerstore.core.context import NodeContext, Operation
 from peerstore.core.node_report import decode_report
 from peerstore.core.repair import health, stripes_of
@@ -57,17 +57,7 @@ class StatusOperation(Operation):
             )
 
     def _next_manifest(self, now: float) -> None:
-        missing = [e for e in self.entries if e.manifest_id not in self.manifests]
-        if not missing:
-            self._query(now)
-            return
-        mid = missing[0].manifest_id
-
-        def loaded(t: float, manifest: Manifest | None) -> None:
-            self.manifests[mid] = manifest
-            self._next_manifest(t)
-
-        ManifestFetch(self.node, mid, loaded).start()
+        fetch_manifests(self.node, now, [e.manifest_id for e in self.entries], self.manifests, self._query)
 
     def _query(self, now: float) -> None:
         ids = sorted({pid for m in self.manifests.values() if m for pid in m.piece_ids()})

@@ -18,7 +18,7 @@ from peerstore.core import checkup
 from peerstore.core import events as ev
 from peerstore.core.context import NodeContext, Operation
 from peerstore.core.integrity import bit
-from peerstore.core.manifests import ManifestFetch
+from peerstore.core.manifests import fetch_manifests
 from peerstore.errors import FormatError
 from peerstore.model.catalog import CatalogEntry, CatalogNotFound
 from peerstore.model.manifest import Manifest
@@ -74,19 +74,8 @@ class VerifyOperation(Operation):
         self._next_manifest(now)
 
     def _next_manifest(self, now: float) -> None:
-        if self.finished:
-            return
-        missing = [e for e in self.entries if e.manifest_id not in self.manifests]
-        if not missing:
-            self._query(now)
-            return
-        mid = missing[0].manifest_id
-
-        def loaded(t: float, manifest: Manifest | None) -> None:
-            self.manifests[mid] = manifest
-            self._next_manifest(t)
-
-        ManifestFetch(self.node, mid, loaded).start()
+        fetch_manifests(self.node, now, [e.manifest_id for e in self.entries], self.manifests, self._query,
+                        wanted=lambda: not self.finished)
 
     # -- who holds what ------------------------------------------------------------------
 
