@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,17 +23,43 @@ import yaml
 from peerstore.shell.config import generate_cluster_key
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for outgoing connections (Linux; else IANA's)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
+def _bindable(port: int) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", port))
+            udp.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
 def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (gossip uses the same number)."""
+    """A port free for both TCP and UDP on 127.0.0.1 (gossip uses the same number).
+
+    Chosen below the ephemeral range: a port the kernel picked with bind(0) is one it may
+    also give, a moment later, to some node's outgoing connection before the node that was
+    told to listen on it has bound it."""
+    rng = random.SystemRandom()
+    low = _ephemeral_low()
+    if low > 11_000:
+        for _ in range(200):
+            port = rng.randrange(10_000, low)
+            if _bindable(port):
+                return port
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind(("127.0.0.1", 0))
             port = tcp.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if _bindable(port):
             return port
     raise RuntimeError("no free port found")
 
