@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,22 +15,29 @@ from typing import Iterator
 
 import trio
 
+from peerstore.shell import logs
 from peerstore.shell.config import EXAMPLE_CLUSTER_KEY, Config
 from peerstore.shell.daemon.admission import raise_open_file_limit
 from peerstore.shell.daemon.node import Daemon
-from peerstore.errors import PeerstoreError, StoreError
+from peerstore.errors import ConfigError, PeerstoreError, StoreError
 from peerstore.shell.identity import load_or_create_identity
 
 log = logging.getLogger("peerstore.node")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, config: Config | None = None) -> None:
+    """Log at ``level`` as the config's ``log:`` section says (text to stderr without one).
+    Raises ConfigError naming ``log.file`` when that file cannot be opened."""
+    settings = config.log if config is not None else None
+    if settings is None:
+        logs.configure(level)
+        return
+    try:
+        logs.configure(level, settings.format, settings.file, max_bytes=settings.max_bytes,
+                       backups=settings.backups, node_name=config.node_name or socket.gethostname())
+    except OSError as err:
+        raise ConfigError(config.source, "log.file", f"cannot write {settings.file}: {err.strerror or err}; "
+                          "fix its directory's permissions, or set log.file: null to log to stderr") from None
 
 
 @contextmanager
@@ -54,6 +62,7 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
 
 async def serve(config: Config) -> None:
     identity = load_or_create_identity(config.data_dir)
+    logs.set_context(node_id=identity.node_id)
     daemon = Daemon(config, identity)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -69,7 +78,7 @@ async def serve(config: Config) -> None:
 
 def run_node(config: Config) -> int:
     """Run a node in the foreground; return the process exit code."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config)
     if config.cluster_key == bytes.fromhex(EXAMPLE_CLUSTER_KEY):
         log.warning("cluster_key is the example key from config.example.yaml: anyone can join; "
                     "run 'peerstore init' for a fresh one")
@@ -85,7 +94,7 @@ def run_node(config: Config) -> int:
     except OSError as err:
         log.error("cannot start: %s", err)
         return 1
-    log.info("stopped")
+    log.info("stopped", extra={"event": "node_stopped"})
     return 0
 
 
