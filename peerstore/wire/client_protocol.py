@@ -10,7 +10,7 @@ put   C: put {name, files:[{path,size,mode,mtime_ns?,inode?}], is_dir, local_roo
          the file bytes, in file order then offset order, chunks <= DATA_CHUNK)
       N: progress {done, total}*                 (bytes durably stored so far)
       N: put_done {name, version, tolerance, size, pieces, manifest_id} + body {blake3:[32 bytes per file]}
-         | failed {reason, unknown}
+         | failed {reason, unknown, local_refused?}
 get   C: get {spec}
       N: manifest {} + payload (manifest bytes; the CLI verifies them against entry)
       N: entry {name, version, manifest_id}
@@ -27,7 +27,13 @@ A *body* is a msgpack map sent as the frame payload and merged into the header b
 receiver: replies that grow with the catalog would not fit the 64 KiB header limit.
 
 ``local_root`` lets a CLI on the same machine as its node name a directory (or file)
-the node reads itself, instead of streaming the bytes through the socket. With it, a file's
+the node reads itself, instead of streaming the bytes through the socket. The node honours
+it only on its Unix client socket (``<data_dir>/run/client.sock``) and only for a peer the
+kernel says runs as the node's own user; anywhere else (TCP from any address, another
+user) it answers ``failed {reason, local_refused: true}`` before starting the put, and the
+CLI sends the same put again, streamed. The node opens each file itself without following
+symlinks inside ``local_root``, never blocks on a FIFO, and reads only regular files of the
+requested size. With ``local_root``, a file's
 ``mtime_ns`` and ``inode`` (as the client saw them) let the node refuse a file that changed
 since: it compares them when it opens the file and again after reading it, and fails the
 put with a reason containing ``errors.CHANGED_DURING_PUT`` (older clients omit them; the
@@ -143,6 +149,15 @@ def decode_body(data: bytes) -> dict[str, Any]:
 
 def failed(reason: str, unknown: bool = False) -> dict:
     return {"t": "failed", "reason": reason[:MAX_TEXT], "unknown": unknown}
+
+
+def local_refused(reason: str) -> dict:
+    """A put's ``local_root`` refused before anything started: stream the files instead."""
+    return {**failed(reason), "local_refused": True}
+
+
+def is_local_refused(header: dict[str, Any]) -> bool:
+    return header.get("t") == "failed" and header.get("local_refused") is True
 
 
 def entry_dict(entry: Any) -> dict:

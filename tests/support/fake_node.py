@@ -10,10 +10,13 @@ Run it inside a test's trio.run (``await nursery.start(node.serve)``) or in a th
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import blake3
@@ -26,7 +29,7 @@ from peerstore.model.manifest import FileEntry, Manifest, StripeEntry
 from peerstore.model.names import VersionId
 from peerstore.model.policy import Policy
 from peerstore.wire import ConnectionClosed, HandshakeComplete, Message
-from peerstore.wire.client_protocol import entry_dict, failed, parse_put
+from peerstore.wire.client_protocol import entry_dict, failed, local_refused, parse_put
 from peerstore.shell.wirestream import WireStream
 
 KEY = bytes(range(32))
@@ -74,6 +77,7 @@ class FakeNode:
     requests: list[dict] = field(default_factory=list)
     data_frames: int = 0
     port: int = 0
+    local_socket: Path | None = None  # like a node's Unix socket: only here is local_root read
 
     def add(self, name: str, files: list[tuple[str, bytes, int]], is_dir: bool) -> Stored:
         counter = 1 + sum(1 for s in self.stored if s.manifest.name == name)
@@ -89,8 +93,19 @@ class FakeNode:
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
+        run_dir = Path(tempfile.mkdtemp(prefix="fake-node-"))
+        self.local_socket = run_dir / "client.sock"
+        unix = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        try:
+            await unix.bind(str(self.local_socket))
+            unix.listen(16)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, partial(self._handle, local=True), [trio.SocketListener(unix)])
+                task_status.started(self.port)
+                await trio.serve_listeners(self._handle, listeners)
+        finally:
+            unix.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     @contextmanager
     def running(self):
@@ -114,7 +129,7 @@ class FakeNode:
             trio.from_thread.run_sync(token["cancel"].cancel, trio_token=token["trio"])
             thread.join(10)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.SocketStream, local: bool = False) -> None:
         wire = WireStream(stream, role="server", cluster_key=KEY, node_id=NODE_ID, where="client", idle=30)
         try:
             event = await wire.next_event()
@@ -124,6 +139,9 @@ class FakeNode:
             if not isinstance(event, Message):
                 return
             self.requests.append(dict(event.header))
+            if "local_root" in event.header and not local:  # as the node: only on its Unix socket
+                await wire.send(local_refused("local_root only on the node's Unix socket; stream the files"))
+                return
             handler = getattr(self, "_on_" + event.header["t"])
             await handler(wire, event.header)
         except Exception:  # a client that went away is the normal end of many tests

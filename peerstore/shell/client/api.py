@@ -16,7 +16,9 @@ from typing import Any
 
 import trio
 
-from peerstore.shell.client.connection import DEFAULT_TIMEOUT, NodeWire, is_loopback, open_wire, where_of
+from peerstore.shell.client.connection import (
+    DEFAULT_TIMEOUT, NodeWire, is_this_machine, open_local_wire, open_wire, where_of,
+)
 from peerstore.shell.client.sources import (
     Source,
     SourceFile,
@@ -69,13 +71,20 @@ def entry_from_dict(d: dict) -> CatalogEntry:
         raise FormatError(f"malformed listing entry from the node: {err}") from None
 
 
+class LocalRootRefused(PeerstoreError):
+    """The node would not read our files itself (nothing started): stream them instead."""
+
+
 class NodeClient:
     """A client of one node. Each operation opens its own connection (or takes the one
-    :meth:`connect` opened) and closes it when done."""
+    :meth:`connect` opened) and closes it when done. ``local_socket``: the node's Unix
+    client socket (``peercred.client_socket_path`` of its data_dir), when the CLI runs on
+    the node's machine; a put then lets the node read the files itself."""
 
     def __init__(self, host: str, port: int, cluster_key: bytes, timeout: float = DEFAULT_TIMEOUT,
-                 *, config_source: str | None = None):
+                 *, config_source: str | None = None, local_socket: Path | None = None):
         self.host, self.port = host, port
+        self.local_socket = local_socket
         self.cluster_key = cluster_key
         self.timeout = timeout
         self.config_source = config_source
@@ -113,9 +122,11 @@ class NodeClient:
     async def put(self, path: Path, name: str, progress: Progress | None = None, *, stream: bool = False) -> dict:
         """Store the file or directory at ``path`` as ``name``; the node's put_done fields
         (with "blake3": each file's hex digest, in path order, when the node sends them),
-        plus "streamed" and "seconds". Sends ``local_root`` to a loopback node unless
-        ``stream``; otherwise streams the bytes. A file that changes while it is read fails
-        the put with SourceChangedError; nothing is committed then."""
+        plus "streamed" and "seconds". Unless ``stream``, names the files (``local_root``)
+        to a node on this machine over its Unix socket, which reads them itself when it runs
+        as our user; otherwise (or when it refuses) streams the bytes over TCP. A file that
+        changes while it is read fails the put with SourceChangedError; nothing is committed
+        then."""
         validate_name(name)
         return await self._put_source(scan_source(Path(path)), name, progress, stream)
 
@@ -128,25 +139,48 @@ class NodeClient:
         return await self._put_source(explicit_source(Path(root), is_dir, list(files)), name, progress, stream)
 
     async def _put_source(self, source: Source, name: str, progress: Progress | None, stream: bool) -> dict:
-        path = source.root
         validate_paths([f.path for f in source.files])
-        local = not stream and is_loopback(self.host)
+        progress = progress or Progress(enabled=False)
+        if not stream:
+            wire = await self._local_wire(source)
+            if wire is not None:
+                request = self._put_request(source, name, os.path.realpath(source.root))
+                try:
+                    return await self._put_over(wire, request, source, name, progress, local=True)
+                except LocalRootRefused:
+                    pass  # this node reads no files for us (it runs as another user, say): stream them
+        request = self._put_request(source, name, None)
+        return await self._put_over(await self._take_wire(), request, source, name, progress, local=False)
+
+    async def _local_wire(self, source: Source) -> NodeWire | None:
+        """The node's Unix socket, when it may read the files itself: it is on this machine,
+        has a socket we can open, and the tree holds no symlinks (the node follows none)."""
+        if self.local_socket is None or not is_this_machine(self.host):
+            return None
+        if source.is_dir and any(os.path.islink(f.local) for f in source.files):
+            return None
+        return await open_local_wire(self.local_socket, self.cluster_key, self.timeout)
+
+    @staticmethod
+    def _put_request(source: Source, name: str, local_root: str | None) -> dict:
         listed = [(f.path, f.size, f.mode) for f in source.files]
         stats = [(f.mtime_ns, f.inode) for f in source.files]
-        request = put_request(name, listed, source.is_dir, str(source.root) if local else None,
-                              stats if local and all(m is not None and i is not None for m, i in stats) else None)
+        request = put_request(name, listed, source.is_dir, local_root,
+                              stats if local_root and all(m is not None and i is not None for m, i in stats) else None)
         try:
             encode_header(request)
         except ValueError:
-            request = put_request(name, listed, source.is_dir, str(source.root) if local else None)
+            request = put_request(name, listed, source.is_dir, local_root)
             try:  # without the stats the node still checks each file before and after reading it
                 encode_header(request)
             except ValueError as err:
-                raise UsageError(f"{path}: {len(source.files)} files do not fit in one put request ({err}); "
+                raise UsageError(f"{source.root}: {len(source.files)} files do not fit in one put request ({err}); "
                                  "store its subdirectories as separate checkpoints") from None
-        progress = progress or Progress(enabled=False)
+        return request
+
+    async def _put_over(self, wire: NodeWire, request: dict, source: Source, name: str, progress: Progress,
+                        local: bool) -> dict:
         progress.start(source.total_size, f"put {name}")
-        wire = await self._take_wire()
         started = trio.current_time()
         try:
             await wire.send(request)
@@ -222,6 +256,8 @@ class NodeClient:
                 return {**_strip(header), **_put_digests(bytes(body))}
             elif kind == "failed":
                 reason = str(header.get("reason", "no reason given"))
+                if cp.is_local_refused(header):
+                    raise LocalRootRefused(reason)
                 if header.get("unknown") is True:
                     raise OutcomeUnknownError(f"{reason}; run 'peerstore ls' to check whether it committed")
                 if CHANGED_DURING_PUT in reason:
@@ -495,6 +531,7 @@ def _check_manifest(data: bytes, entry: dict, name: str, selector: str | None) -
 
 
 async def connect(host: str, port: int, cluster_key: bytes, timeout: float = DEFAULT_TIMEOUT,
-                  *, config_source: str | None = None) -> NodeClient:
+                  *, config_source: str | None = None, local_socket: Path | None = None) -> NodeClient:
     """A NodeClient with its first connection open and authenticated."""
-    return await NodeClient(host, port, cluster_key, timeout, config_source=config_source).connect()
+    return await NodeClient(host, port, cluster_key, timeout, config_source=config_source,
+                            local_socket=local_socket).connect()

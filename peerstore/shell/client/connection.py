@@ -9,12 +9,15 @@ sending any -- is reported as silent, never waited on forever. Its failures are
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 import socket
+from pathlib import Path
 
 import trio
 
 from peerstore.errors import AuthError, ConnectionLost, NodeUnreachable
+from peerstore.shell.peercred import socket_address
 from peerstore.shell.wirestream import WireStream, why
 
 DEFAULT_TIMEOUT = 60.0
@@ -30,6 +33,24 @@ def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
+        return False
+
+
+def is_this_machine(host: str) -> bool:
+    """True when ``host`` is loopback or an address of one of this machine's interfaces
+    (an IP literal this process can bind to; names are not resolved)."""
+    if is_loopback(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(address), 0))
+        return True
+    except OSError:
         return False
 
 
@@ -96,3 +117,27 @@ async def open_wire(host: str, port: int, cluster_key: bytes, timeout: float,
         await wire.aclose()
         raise
     return wire
+
+
+async def open_local_wire(path: Path, cluster_key: bytes, timeout: float) -> NodeWire | None:
+    """The node's Unix client socket at ``path`` (``peercred.client_socket_path``),
+    connected and authenticated; None when there is none to use (no such socket, not ours
+    to open, a path too long here, no answer): the caller then goes over TCP."""
+    limit = min(timeout, MAX_CONNECT_TIMEOUT)
+    stream = None
+    try:
+        with trio.fail_after(limit):
+            if not os.path.exists(path):
+                return None
+            with socket_address(path) as address:
+                if address is None:
+                    return None
+                stream = await trio.open_unix_socket(address)
+            wire = NodeWire(stream, role="client", cluster_key=cluster_key,
+                            node_id="c" + secrets.token_hex(8)[:15], where=f"the local node ({path})", idle=timeout)
+            await wire.handshake(limit)
+            return wire
+    except Exception:  # noqa: BLE001 - whatever went wrong, TCP is the way that always works
+        if stream is not None:
+            await stream.aclose()
+        return None

@@ -7,6 +7,7 @@ hashes its shards and computes parity.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -24,8 +25,35 @@ class SourceError(Exception):
     """The put's source could not supply the bytes asked for."""
 
 
+# Opening never follows a symlink inside the root and never blocks (a FIFO, a device).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def check_local_request(root: Path, paths: list[str], single: bool) -> None:
+    """The node's own checks of a local put's names (SourceError saying what is wrong): an
+    absolute, normalised ``root`` and plain relative paths (no "", "." or ".." segments)."""
+    text = os.fspath(root)
+    if "\0" in text or not os.path.isabs(text) or os.path.normpath(text) != text:
+        raise SourceError(f"local_root {text!r} must be an absolute path without '.' or '..' segments")
+    if single and len(paths) != 1:
+        raise SourceError(f"a single-file put names exactly one file, got {len(paths)}")
+    for path in paths if not single else ():
+        if "\0" in path or any(part in ("", ".", "..") for part in path.split("/")):
+            raise SourceError(f"file path {path!r} must be relative, without empty, '.' or '..' segments")
+
+
 class LocalFiles:
-    """A file or directory on this machine, named by the client (same host).
+    """A file or directory on this machine, named by a client of the node's own user on its
+    Unix socket (clients.py), or by the node's watcher.
+
+    The node does its own checks, whatever the client checked: ``root`` is absolute and
+    normalised, paths are plain relative paths (``check_local_request``); a file inside a
+    directory root is reached one segment at a time from the root with ``O_NOFOLLOW``, so no
+    symlink inside the root is followed (the root's own path is the client's choice); a
+    single-file root is opened ``O_NOFOLLOW`` too. Every open is ``O_NONBLOCK`` (a FIFO or
+    a device never wedges a worker thread) and ``fstat`` must show a regular file of the
+    size the request declared, or the put fails.
 
     Each file is opened once, at its first read, and kept open until its last stripe was
     read (the core asks for one file's stripes in order, then ``finish_file``). At open its
@@ -38,12 +66,14 @@ class LocalFiles:
 
     def __init__(self, root: Path, paths: list[str], single: bool, sizes: list[int] | None = None,
                  expect: list[tuple[int, int] | None] | None = None):
+        check_local_request(root, paths, single)
         self.root = root
         self.paths = paths
         self.single = single
         self.sizes = sizes
         self.expect = expect
         self._open: dict[int, tuple[BinaryIO, os.stat_result]] = {}
+        self._root_fd: int | None = None  # a directory root, opened once: files are found from it
 
     def _path(self, file_index: int) -> Path:
         if self.single:
@@ -55,9 +85,7 @@ class LocalFiles:
         if file_index in self._open:
             return self._open[file_index]
         path = self._path(file_index)
-        # O_NONBLOCK: opening a FIFO must not wedge a worker thread; fstat refuses it below.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        handle = os.fdopen(fd, "rb")
+        handle = os.fdopen(self._open_fd(file_index), "rb")
         try:
             st = os.fstat(handle.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -70,6 +98,32 @@ class LocalFiles:
             raise
         self._open[file_index] = (handle, st)
         return handle, st
+
+    def _open_fd(self, file_index: int) -> int:
+        """The file, opened without following symlinks below the root or blocking."""
+        path = self._path(file_index)
+        try:
+            if self.single:
+                return os.open(self.root, _FILE_FLAGS)
+            if self._root_fd is None:
+                self._root_fd = os.open(self.root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+            *dirs, name = self.paths[file_index].split("/")
+            parent = self._root_fd
+            try:
+                for part in dirs:
+                    below = os.open(part, _DIR_FLAGS, dir_fd=parent)
+                    if parent != self._root_fd:
+                        os.close(parent)
+                    parent = below
+                return os.open(name, _FILE_FLAGS, dir_fd=parent)
+            finally:
+                if parent != self._root_fd:
+                    os.close(parent)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):  # EMLINK: FreeBSD's O_NOFOLLOW
+                raise SourceError(f"{path} is a symlink, or below one, or not a regular file; the node reads "
+                                  "only regular files inside the put's directory") from None
+            raise
 
     def _differs_from_request(self, file_index: int, st: os.stat_result) -> str | None:
         if self.sizes is not None and st.st_size != self.sizes[file_index]:
@@ -110,7 +164,7 @@ class LocalFiles:
             try:
                 after = os.fstat(handle.fileno())
                 try:
-                    named = os.stat(self._path(file_index))
+                    named = os.lstat(self._path(file_index))
                 except FileNotFoundError:
                     named = None
             finally:
@@ -138,6 +192,9 @@ class LocalFiles:
         for handle, _ in self._open.values():
             handle.close()
         self._open.clear()
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
 
 
 def stat_change(before: os.stat_result, after: os.stat_result) -> str | None:

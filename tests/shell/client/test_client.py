@@ -35,7 +35,7 @@ def run(node: FakeNode, fn, *, timeout: float = 5.0, key: bytes = KEY):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(node.serve)
             try:
-                box["value"] = await fn(NodeClient("127.0.0.1", port, key, timeout))
+                box["value"] = await fn(NodeClient("127.0.0.1", port, key, timeout, local_socket=node.local_socket))
             except Exception as err:  # noqa: BLE001 - re-raised outside the nursery
                 box["error"] = err
             nursery.cancel_scope.cancel()
