@@ -23,8 +23,9 @@ class ManifestFetch:
     first choice."""
 
     def __init__(self, node: "Messenger", manifest_id: bytes,
-                 on_done: Callable[[float, Manifest | None], None]):
+                 on_done: Callable[[float, Manifest | None], None], timeout: float | None = None):
         self.node = node
+        self.timeout = timeout  # per peer asked (None: the messenger's default)
         self.manifest_id = manifest_id
         self.on_done = on_done
         self.sources: list[str] | None = None
@@ -56,13 +57,13 @@ class ManifestFetch:
             lambda req: msg.FetchManifest(req, manifest_id=self.manifest_id),
             lambda t, reply, payload: self._got(
                 t, reply.blob if isinstance(reply, msg.ManifestData) and reply.found else None),
-            lambda t, why: self._got(t, None),
+            lambda t, why: self._got(t, None), timeout=self.timeout,
         )
 
 
 def fetch_manifests(node: "Messenger", now: float, manifest_ids: Iterable[bytes],
                     into: dict[bytes, Manifest | None], on_done: Callable[[float], None],
-                    wanted: Callable[[], bool] = lambda: True) -> None:
+                    wanted: Callable[[], bool] = lambda: True, timeout: float | None = None) -> None:
     """Load every manifest of ``manifest_ids`` not yet in ``into``, one after another, into
     ``into`` (None for one no node could give); then ``on_done(now)``. Stops quietly once
     ``wanted()`` is false (the operation that asked has finished)."""
@@ -82,6 +83,6 @@ def fetch_manifests(node: "Messenger", now: float, manifest_ids: Iterable[bytes]
             into[mid] = manifest
             next_one(t)
 
-        ManifestFetch(node, mid, loaded).start()
+        ManifestFetch(node, mid, loaded, timeout).start()
 
     next_one(now)

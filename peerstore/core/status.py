@@ -4,6 +4,12 @@ Tolerance is computed over the nodes that actually hold each piece, as reported 
 live node (QueryPieces), not over the placement hint in the manifest. Every live node is
 also asked for its report about itself (ReportNode: its last scrub result, ...), at the
 same time.
+
+Status answers promptly: every request it makes waits at most ``settings.status_timeout``
+(a fixed deadline, a timer like every other in the core). A member that does not answer
+by then (frozen, or unreachable but not yet declared dead by gossip) is not asked again
+within this status, and is named in ``Status.unanswered``: its report is missing and the
+pieces it holds are not counted, so tolerance may read lower than it is.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class StatusOperation(Operation):
         self.reports: dict[str, dict[str, Any] | None] = {}
         self.reports_left = 0
         self.result: ev.Status | None = None  # ready, waiting for the last node reports
+        self.bound = node.settings.status_timeout
+        self.unanswered: dict[str, str] = {}  # peer -> "timeout" / "unreachable"
 
     def start(self, now: float) -> None:
         self._ask_reports(now)
@@ -53,11 +61,16 @@ class StatusOperation(Operation):
             self.node.request(
                 now, peer, lambda req: msg.ReportNode(req),
                 lambda t, reply, payload, peer=peer: answered(peer, reply),
-                lambda t, why, peer=peer: answered(peer, None),
+                lambda t, why, peer=peer: (self._no_answer(peer, why), answered(peer, None)),
+                timeout=self.bound,
             )
 
+    def _no_answer(self, peer: str, why: str) -> None:
+        self.unanswered.setdefault(peer, why)
+
     def _next_manifest(self, now: float) -> None:
-        fetch_manifests(self.node, now, [e.manifest_id for e in self.entries], self.manifests, self._query)
+        fetch_manifests(self.node, now, [e.manifest_id for e in self.entries], self.manifests, self._query,
+                        timeout=self.bound)
 
     def _query(self, now: float) -> None:
         ids = sorted({pid for m in self.manifests.values() if m for pid in m.piece_ids()})
@@ -68,7 +81,8 @@ class StatusOperation(Operation):
         if not chunks:
             self._report()
             return
-        peers = sorted(self.node.alive - {self.node.node_id})
+        # A member that already let a request run out is not waited for twice.
+        peers = sorted(self.node.alive - {self.node.node_id} - set(self.unanswered))
         for chunk in chunks:
             waiting = {"n": len(peers)}
 
@@ -88,7 +102,9 @@ class StatusOperation(Operation):
                 self.node.request(
                     now, peer, lambda req, chunk=chunk: msg.QueryPieces(req, piece_ids=chunk),
                     lambda t, reply, payload, peer=peer, answered=answered: answered(t, peer, reply),
-                    lambda t, why, peer=peer, answered=answered: answered(t, peer, None),
+                    lambda t, why, peer=peer, answered=answered: (self._no_answer(peer, why),
+                                                                  answered(t, peer, None)),
+                    timeout=self.bound,
                 )
 
     def _chunk_done(self) -> None:
@@ -129,4 +145,6 @@ class StatusOperation(Operation):
                        if r and isinstance(r.get("repair"), dict))
             left = self.result.repair_bytes_left
             eta = left / rate if rate > 0 and left else None
-            self.finish(dataclasses.replace(self.result, nodes=nodes, repair_rate=rate, repair_eta=eta))
+            unanswered = tuple(sorted(self.unanswered.items()))
+            self.finish(dataclasses.replace(self.result, nodes=nodes, repair_rate=rate, repair_eta=eta,
+                                            unanswered=unanswered))

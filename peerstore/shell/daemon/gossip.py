@@ -40,6 +40,7 @@ from peerstore.gossip.messages import decode, decode_datagram, encode, encode_da
 from peerstore.gossip.settings import GossipSettings
 from peerstore.shell.config import Config
 from peerstore.shell.daemon.buffers import PayloadBudget
+from peerstore.shell.daemon.discovery import boot_and_sequence, member_name, sd_targets
 from peerstore.shell.daemon.peers import Peers
 from peerstore.shell.wirestream import PeerClosed, dial
 from peerstore.wire import ReplayFilter, open_datagram, seal_datagram
@@ -66,7 +67,7 @@ class GossipRunner:
     """The daemon's gossip: owns the UDP socket and Swim, feeds membership to the core."""
 
     def __init__(self, daemon: GossipHost, *, settings: GossipSettings, bind_host: str,
-                 addr: tuple[str, int], seeds: list[tuple[str, int]]):
+                 addr: tuple[str, int], seeds: list[tuple[str, int]], meta: dict[str, Any] | None = None):
         self.daemon = daemon
         self.node_id = daemon.node_id
         self.epoch = daemon.boot_epoch
@@ -75,8 +76,11 @@ class GossipRunner:
         self.seeds = list(seeds)
         self.swim = Swim(
             node_id=self.node_id, addr=addr, incarnation=boot_incarnation(self.epoch),
-            settings=settings, rng=random.Random(), now=trio.current_time(),
+            settings=settings, rng=random.Random(), now=trio.current_time(), meta=meta,
         )
+        # Prometheus http_sd targets, rebuilt here when members change and read by the
+        # metrics thread (a fresh list each time, never changed in place).
+        self.discovery: list[dict[str, Any]] = sd_targets(self.swim.members())
         self.replay = ReplayFilter()
         self.seq = 0
         self.sock: trio.socket.SocketType | None = None
@@ -104,6 +108,7 @@ class GossipRunner:
     def apply(self, effects: list[Any]) -> None:
         """Carry out the machine's effects (called after every input to it)."""
         assert self.nursery is not None
+        members_moved = False
         for event in self.glue.inputs(self.swim, effects, self.daemon.core.catalog.digest()):
             self.daemon.feed(event)
         for effect in effects:
@@ -113,11 +118,14 @@ class GossipRunner:
                 self.nursery.start_soon(self._stream_request, effect)
             elif isinstance(effect, (MemberChanged, MemberRemoved)):
                 self._member_event(effect)
+                members_moved = True
             elif isinstance(effect, NeedSeeds):
                 # Swim re-contacts its remembered seeds and known members by itself;
                 # mDNS finds reach it through add_seeds as zeroconf reports them.
                 log.info("no other live member: re-seeding from %d remembered address(es)",
                          len(self.swim.seeds()))
+        if members_moved:
+            self.discovery = sd_targets(self.swim.members())
         self.wake.set()
 
     def _member_event(self, effect: MemberChanged | MemberRemoved) -> None:
@@ -222,6 +230,7 @@ class GossipRunner:
         log.info("our address changed to %s:%d: announcing it", *addr)
         self.daemon.peers.forget_all()  # connections from the old address are dead
         self.apply(self.swim.set_addr(trio.current_time(), addr))
+        self.discovery = sd_targets(self.swim.members())
 
     async def leave(self, linger: float = 1.0) -> None:
         """Tell the others we are leaving, and give the news a moment to spread."""
@@ -235,9 +244,10 @@ class GossipRunner:
         out = []
         now = trio.current_time()
         for member in self.swim.members():
+            boot, seq = boot_and_sequence(member.incarnation)
             out.append({
-                "id": member.node_id, "address": f"{member.addr[0]}:{member.addr[1]}",
-                "state": member.state.name.lower(), "incarnation": member.incarnation,
+                "id": member.node_id, "name": member_name(member), "address": f"{member.addr[0]}:{member.addr[1]}",
+                "state": member.state.name.lower(), "incarnation": member.incarnation, "boot": boot, "seq": seq,
                 "last_contact": None if member.last_contact is None else round(now - member.last_contact, 1),
                 "self": member.node_id == self.node_id,
             })

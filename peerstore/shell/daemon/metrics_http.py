@@ -1,5 +1,7 @@
 """The ``/metrics`` HTTP endpoint, bounded: an idle timeout per connection and a cap on
-connections served at once.
+connections served at once. It also serves Prometheus HTTP service discovery on
+``/discovery`` (https://prometheus.io/docs/prometheus/latest/http_sd/): the metrics
+endpoints of every member this node knows, so Prometheus pointed at one node finds all.
 
 prometheus-client's own server gives every connection a thread for as long as the client
 keeps it open, so a few hundred idle connections pin a few hundred threads. Here a
@@ -10,15 +12,21 @@ scrape retries at its next interval).
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlparse
 
 from prometheus_client.exposition import MetricsHandler
 
 IDLE_TIMEOUT = 10.0  # seconds a connection may stay silent (a scrape takes milliseconds)
 MAX_CONNECTIONS = 16  # served at once; Prometheus uses one per scrape
+DISCOVERY_PATH = "/discovery"
+
+Targets = list[dict[str, Any]]  # http_sd's form: [{"targets": ["host:port"], "labels": {...}}]
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
@@ -49,12 +57,36 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             self._slots.release()
 
 
+def _discovery_handler(base: type, targets: Callable[[], Targets] | None) -> type:
+    """``base`` (a MetricsHandler) that also answers ``GET /discovery`` with ``targets()``."""
+
+    def do_GET(self: Any) -> None:  # noqa: N802 (http.server's name)
+        if urlparse(self.path).path != DISCOVERY_PATH:
+            base.do_GET(self)
+            return
+        if targets is None:
+            self.send_error(404, "service discovery is not served here")
+            return
+        body = json.dumps(targets()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    return type("DiscoveryMetricsHandler", (base,), {"do_GET": do_GET})
+
+
 def serve_metrics(registry: Any, host: str, port: int, *, idle_timeout: float = IDLE_TIMEOUT,
-                  max_connections: int = MAX_CONNECTIONS) -> BoundedHTTPServer:
-    """Serve ``registry`` on http://host:port/metrics from a daemon thread; the server
-    (``server_address`` says the port when ``port`` is 0)."""
+                  max_connections: int = MAX_CONNECTIONS,
+                  discovery: Callable[[], Targets] | None = None) -> BoundedHTTPServer:
+    """Serve ``registry`` on http://host:port/metrics from a daemon thread, and
+    ``discovery()`` (called in that thread: return a ready list, do not compute it from
+    state another thread changes) on ``/discovery``; the server (``server_address`` says
+    the port when ``port`` is 0)."""
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    handler = type("BoundedMetricsHandler", (MetricsHandler.factory(registry),), {"timeout": idle_timeout})
+    base = _discovery_handler(MetricsHandler.factory(registry), discovery)
+    handler = type("BoundedMetricsHandler", (base,), {"timeout": idle_timeout})
     server_class = type("MetricsServer", (BoundedHTTPServer,), {"address_family": family})
     server = server_class((sockaddr[0], port), handler, max_connections)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
