@@ -47,6 +47,7 @@ MSS = 1448  # TCP payload bytes per segment on Ethernet
 SYN_RTO = 1.0  # Linux's initial retransmission timeout for a SYN
 MAX_BACKOFFS = 6  # retransmissions modelled per loss (200 ms doubles to 12.8 s)
 RECENT = 4  # messages per connection that a redelivery may repeat
+MOVING_MEMORY = 2.0  # seconds a finished transmission is remembered for ``moved``
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ class Network:
         self.blocked: set[tuple[str, str]] = set()
         self.clogs: dict[tuple[str, str], Clog] = {}
         self.conns: dict[tuple[str, str], Connection] = {}
+        # Per sending direction, when recent messages' bytes were on the wire: (first, last).
+        self.moving: dict[tuple[str, str], deque[tuple[float, float]]] = {}
         self._gen = 0
         self._seq = 0
         self.straggle = 0.0  # see the module docstring: stream faults
@@ -163,6 +166,7 @@ class Network:
         for key, conn in self.conns.items():
             if node_id in key:
                 conn.zombie = True
+                self._stop_moving(*key)
 
     def process_up(self, node_id: str) -> None:
         host = self.hosts[node_id]
@@ -177,6 +181,7 @@ class Network:
         conn = self.conns.get(conn_key(src, dst))
         if conn is not None:
             conn.zombie = True  # TCP needs both directions
+            self._stop_moving(src, dst)
 
     def isolate(self, node_id: str) -> None:
         for other in self.hosts:
@@ -304,10 +309,36 @@ class Network:
         receiver.ingress_free = received
         arrive = max(received + delay, conn.last_arrival.get(src, 0.0))  # in order per connection
         conn.last_arrival[src] = arrive
+        self._note_moving(src, dst, start, arrive)
         self._seq += 1
         conn.in_flight[self._seq] = InFlight(src, dst, size, sent, arrive, sender.process, on_arrive, args)
         loop.at(arrive, self._land_stream, key, conn.gen, self._seq)
         return conn.gen
+
+    def _note_moving(self, src: str, dst: str, start: float, end: float) -> None:
+        spans = self.moving.setdefault((src, dst), deque())
+        while spans and spans[0][1] < self.loop.now - MOVING_MEMORY:
+            spans.popleft()
+        spans.append((start, end))
+
+    def _stop_moving(self, a: str, b: str) -> None:
+        """A connection went silent: bytes still queued on it never move."""
+        now = self.loop.now
+        for key in ((a, b), (b, a)):
+            spans = self.moving.get(key)
+            if spans:
+                self.moving[key] = deque((start, min(end, now)) for start, end in spans if start < now)
+
+    def moved(self, a: str, b: str, since: float, until: float) -> bool:
+        """Did bytes of a stream message move between ``a`` and ``b`` (either way) in
+        (``since``, ``until``]? What a shell's byte counters on the connection would show:
+        a message queued behind others in the sender's NIC has not started moving; one
+        swallowed by a silent (zombie) connection never does."""
+        for key in ((a, b), (b, a)):
+            for start, end in self.moving.get(key, ()):
+                if start < until and end > since:
+                    return True
+        return False
 
     def _syn_delay(self, link: LinkModel) -> float:
         """Extra connect time when the SYN or the SYN-ACK is lost: 1 s, then 2 s, ..."""

@@ -44,6 +44,7 @@ class SimNode:
     # gossip stream requests: request id -> (peer, connection generation)
     gossip_streams: dict[int, tuple[str, int]] = field(default_factory=dict)
     core_tick_at: float = math.inf
+    progress_watch: bool = False  # a BytesMoved report is scheduled (sim.shell)
     swim_tick_at: float = math.inf
     crash_when_written: bool = False  # torn-write fault: die right after the next write
     gossip_stream_bytes: int = 0
@@ -63,4 +64,5 @@ class SimNode:
         self.outstanding.clear()
         self.gossip_streams.clear()
         self.core_tick_at = self.swim_tick_at = math.inf
+        self.progress_watch = False
         self.crash_when_written = False

@@ -1,5 +1,19 @@
 """A node's requests to its peers and to its own shell, with their deadlines and
-completions: the layer every coordinated step is built on (pure, no I/O)."""
+completions: the layer every coordinated step is built on (pure, no I/O).
+
+Two rules here keep a slow link from looking like a dead peer (issue 14):
+
+- **A request times out on the peer's silence, not on our queue.** The shell reports,
+  every ``PROGRESS_INTERVAL`` seconds, the peers that bytes moved to or from
+  (``ev.BytesMoved``). A request with the default timeout fails once nothing has moved
+  to or from its peer for ``request_timeout`` (and never before ``request_timeout`` after
+  it was made). A caller that passes its own ``timeout`` gets a fixed deadline instead.
+- **Bytes in flight per peer follow the measured link rate** (``LinkRate``): about
+  ``WINDOW_SECONDS`` of what the peer acknowledged per second while busy (and of its share
+  of what all peers together did: they share this node's NIC), between two shards and
+  ``max_inflight_bytes_per_peer``. On a 100 Mbit link the queue stays a few seconds deep;
+  on a fast one it opens to the configured maximum.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +30,10 @@ if TYPE_CHECKING:
 
 SELF_TAG = "self"
 REQUEST_ID_BITS_PER_BOOT = 32
+PROGRESS_INTERVAL = 0.5  # seconds between two ev.BytesMoved reports of a shell (both shells)
+WINDOW_SECONDS = 2.0  # queue depth per peer aimed at, in seconds of its measured rate
+RATE_MEMORY = 5.0  # seconds of busy time the rate estimate remembers
+MiB = 1 << 20
 
 
 @dataclass
@@ -24,10 +42,42 @@ class PendingRequest:
 
     req: int
     peer: str
-    deadline: float
+    deadline: float  # the earliest it may time out (fixed: the latest too)
     on_reply: Callable[[float, msg.Message, Any], None]
     on_failure: Callable[[float, str], None]
     inflight_bytes: int = 0
+    patience: float | None = None  # None: fixed deadline; else the peer's silence it waits out
+    started: float = 0.0
+
+
+@dataclass
+class LinkRate:
+    """Bytes per second a peer acknowledged while it had requests outstanding.
+
+    Only busy time counts (from the first byte in flight to the ack that empties the
+    window), so an idle link is not mistaken for a slow one; old samples fade after
+    ``RATE_MEMORY`` seconds of busy time."""
+
+    bytes: float = 0.0
+    seconds: float = 0.0
+    busy_since: float | None = None
+
+    def sent(self, now: float) -> None:
+        if self.busy_since is None:
+            self.busy_since = now
+
+    def answered(self, now: float, size: int, idle: bool) -> None:
+        if self.busy_since is not None:
+            self.seconds += max(0.0, now - self.busy_since)
+            self.bytes += size
+        self.busy_since = None if idle else now
+        if self.seconds > RATE_MEMORY:
+            self.bytes *= RATE_MEMORY / self.seconds
+            self.seconds = RATE_MEMORY
+
+    @property
+    def rate(self) -> float | None:
+        return self.bytes / self.seconds if self.seconds > 0 and self.bytes > 0 else None
 
 
 class Messenger:
@@ -44,6 +94,10 @@ class Messenger:
         self.alive: frozenset[str] = (alive or frozenset()) | {node_id}
         self.stats: Counter[str] = Counter()  # events worth a metric: retries, timeouts, ...
         self.inflight: dict[str, int] = {}
+        self.progress_at: dict[str, float] = {}  # last time bytes moved to or from each peer
+        self.rates: dict[str, LinkRate] = {}
+        self.total_rate = LinkRate()  # all peers together
+        self.last_timeout: dict[str, str] = {}  # per peer: what its last timeout was, in words
         self._effects: list[ev.Effect] = []
         # Ids never repeat across boots, so a late reply to a request of this node's
         # previous process can never answer a request of this one.
@@ -71,11 +125,19 @@ class Messenger:
         inflight_bytes: int = 0,
         timeout: float | None = None,
     ) -> int:
-        """Send a request to ``peer``; exactly one of the callbacks runs later."""
+        """Send a request to ``peer``; exactly one of the callbacks runs later.
+
+        Without ``timeout`` it fails ("timeout") once the peer has been silent for
+        ``request_timeout``; with one, ``timeout`` seconds after now, whatever moves."""
         req = self.new_id()
+        patience = None if timeout is not None else self.settings.request_timeout
         deadline = now + (timeout if timeout is not None else self.settings.request_timeout)
-        self._pending[req] = PendingRequest(req, peer, deadline, on_reply, on_failure, inflight_bytes)
-        self.inflight[peer] = self.inflight.get(peer, 0) + inflight_bytes
+        self._pending[req] = PendingRequest(req, peer, deadline, on_reply, on_failure, inflight_bytes,
+                                            patience, now)
+        if inflight_bytes:
+            self.inflight[peer] = self.inflight.get(peer, 0) + inflight_bytes
+            self.rates.setdefault(peer, LinkRate()).sent(now)
+            self.total_rate.sent(now)
         self.emit(ev.Send(peer, make(req), payload=payload))
         return req
 
@@ -85,10 +147,68 @@ class Messenger:
         self._waiters[tag] = on_done
         self.emit(make(tag))
 
+    # -- flow control ------------------------------------------------------------------
+
+    def window(self, peer: str) -> int:
+        """Bytes that may be in flight to ``peer``: ``WINDOW_SECONDS`` of its measured
+        rate, at least two shards, at most ``max_inflight_bytes_per_peer``."""
+        ceiling = self.settings.max_inflight_bytes_per_peer
+        floor = min(ceiling, 2 * self.settings.policy.shard_size)
+        estimate = self.rates.get(peer)
+        rate = estimate.rate if estimate is not None else None
+        if rate is None:
+            return floor
+        total = self.total_rate.rate
+        if total is not None:  # its share of the NIC: a lone early sample is not the link
+            busy = len(self.inflight) + (peer not in self.inflight)
+            rate = min(rate, total / busy)
+        target = min(WINDOW_SECONDS, self.settings.request_timeout / 4)
+        return max(floor, min(ceiling, int(rate * target)))
+
     def can_send(self, peer: str, size: int) -> bool:
         """Per-peer flow control: bounded bytes in flight (one piece always allowed)."""
         used = self.inflight.get(peer, 0)
-        return used == 0 or used + size <= self.settings.max_inflight_bytes_per_peer
+        return used == 0 or used + size <= self.window(peer)
+
+    # -- progress and deadlines --------------------------------------------------------
+
+    def bytes_moved(self, now: float, peers: Any) -> None:
+        """The shell saw bytes move to or from ``peers`` since its last report."""
+        for peer in peers:
+            self.progress_at[peer] = now
+
+    def due(self, pending: PendingRequest) -> float:
+        """When ``pending`` times out if nothing more moves."""
+        if pending.patience is None:
+            return pending.deadline
+        return max(pending.deadline, self.progress_at.get(pending.peer, pending.started) + pending.patience)
+
+    def expire(self, now: float) -> None:
+        """Fail every request whose deadline passed."""
+        for pending in [p for p in self._pending.values() if self.due(p) <= now]:
+            self.last_timeout[pending.peer] = self._silence(now, pending)
+            self._fail_request(now, pending.req, "timeout")
+
+    def request_deadline(self) -> float | None:
+        return min((self.due(p) for p in self._pending.values()), default=None)
+
+    def _silence(self, now: float, pending: PendingRequest) -> str:
+        queued = self.inflight.get(pending.peer, 0)
+        outstanding = f"{queued / MiB:.1f} MiB of requests outstanding to it" if queued else \
+            "no bulk bytes outstanding to it"
+        if pending.patience is None:
+            return (f"node {pending.peer} did not answer within {now - pending.started:.1f} s "
+                    f"({outstanding})")
+        quiet = now - max(pending.started, self.progress_at.get(pending.peer, pending.started))
+        return (f"node {pending.peer} went silent: nothing moved to or from it for {quiet:.1f} s "
+                f"({outstanding}; the request waited {now - pending.started:.1f} s)")
+
+    def failure_detail(self, peer: str, why: str) -> str:
+        """``why`` in words for a message to a user: a timeout says who went silent for
+        how long and what was queued to it."""
+        if why == "timeout":
+            return self.last_timeout.get(peer, f"node {peer} timed out")
+        return f"node {peer}: {why}"
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter, capped."""
@@ -106,15 +226,19 @@ class Messenger:
         pending = self._pending.pop(req, None)
         if pending is None:
             return
-        self._release_inflight(pending)
+        self._release_inflight(now, pending, answered=False)
         self.stats[f"request_{why}"] += 1
         pending.on_failure(now, why)
 
-    def _release_inflight(self, pending: PendingRequest) -> None:
+    def _release_inflight(self, now: float, pending: PendingRequest, answered: bool = True) -> None:
         if pending.inflight_bytes:
             left = self.inflight.get(pending.peer, 0) - pending.inflight_bytes
             if left > 0:
                 self.inflight[pending.peer] = left
             else:
                 self.inflight.pop(pending.peer, None)
-
+            size = pending.inflight_bytes if answered else 0
+            rate = self.rates.get(pending.peer)
+            if rate is not None:
+                rate.answered(now, size, idle=left <= 0)
+            self.total_rate.answered(now, size, idle=not self.inflight)

@@ -106,6 +106,7 @@ class PutOperation(Operation):
         self.held = 0  # bytes of our stripes buffered in the shell
         self.stored_bytes = 0  # checkpoint bytes whose stripe is fully acknowledged
         self.failed_peers: set[str] = set()
+        self.failures: dict[str, str] = {}  # why each failed peer was dropped, in words
         self.phase = Phase.TRANSFER
         self.version: VersionId | None = None
 
@@ -264,6 +265,8 @@ class PutOperation(Operation):
                 self._store_locally(transfer)
             elif self.node.can_send(transfer.target, transfer.size):
                 self._send(now, transfer)
+            else:
+                transfer.retry_at = 0.0  # due, waiting for room: an answer frees it (NodeCore.handle)
         self._read_more()
         self._maybe_commit(now)
 
@@ -312,6 +315,7 @@ class PutOperation(Operation):
         )
         if give_up:
             self.failed_peers.add(transfer.target)
+            self.failures.setdefault(transfer.target, self.node.failure_detail(transfer.target, why))
             self._replace(now, transfer)
         else:
             self.node.stats["piece_retries"] += 1
@@ -337,7 +341,9 @@ class PutOperation(Operation):
         try:
             where = placement.place_stripe(stripe.key, self._candidates(), k, p)
         except PeerstoreError as err:
-            self._fail(f"cannot re-place stripe {number} after failures ({err})")
+            dropped = "; ".join(self.failures.get(peer, f"node {peer} left")
+                                for peer in sorted(self.failed_peers))
+            self._fail(f"cannot re-place stripe {number} after failures ({err}); dropped from this put: {dropped}")
             return False
         wanted: dict[int, list[str]] = {i: list(pair) for i, pair in enumerate(where.data)}
         wanted.update({k + j: [node] for j, node in enumerate(where.parity)})

@@ -15,17 +15,24 @@ With ``idle`` set, no send or receive waits longer than ``idle`` seconds after t
 last byte moved either way. A dropped connection raises :class:`PeerClosed`, a stall
 past ``idle`` what :meth:`WireStream.silent` returns; a subclass may override both
 (the client turns them into errors a user can act on).
+
+Links between nodes set ``stall`` instead: a send (its wait for the connection's send
+lock included) fails once nothing has moved either way for ``stall`` seconds, however
+long it spent queued behind other frames while bytes flowed (:meth:`unless_silent`). The
+connection counts the bytes it moves, worker threads' included (``bytes_in``,
+``bytes_out``); :meth:`poll_progress` says whether any moved since it was last called.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +49,12 @@ HASH_IN_THREAD = 1024 * 1024  # hash payloads at least this big in a worker thre
 # kernel copy of a send dominates, and it must not stall the trio thread.
 THREAD_IO = 256 * 1024
 IO_TIMEOUT = 60.0
+# A payload receive asks the socket to wake it once this many bytes are in (SO_RCVLOWAT),
+# not per segment: on a slow link that costs half the receiver's CPU. A link so slow that
+# they do not come within LOWAT_WAIT seconds is read as it comes.
+RECEIVE_LOWAT = 64 * 1024
+LOWAT_WAIT = 0.5
+LOWAT = getattr(socket, "SO_RCVLOWAT", None)
 FAREWELL_TIMEOUT = 1.0  # seconds to hand a peer the reason we are closing on it
 io_threads = trio.CapacityLimiter(16)
 ENDED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -55,7 +68,16 @@ def _wait(fd: int, event: int, deadline: float) -> None:
         raise TimeoutError("socket stalled")
 
 
-def blocking_send(fd: int, data: Any, timeout: float = IO_TIMEOUT) -> None:
+def _uncounted(n: int) -> None:
+    pass
+
+
+# The blocking_* functions run in a worker thread; ``timeout`` bounds the silence (the
+# time since the last byte moved), not the whole transfer, and ``count(n)`` is told of
+# every ``n`` bytes moved (the connection's byte counters).
+
+
+def blocking_send(fd: int, data: Any, timeout: float = IO_TIMEOUT, count: Callable[[int], None] = _uncounted) -> None:
     """Write all of ``data`` to a non-blocking socket fd from a worker thread."""
     view = memoryview(data).cast("B")
     deadline = time.monotonic() + timeout
@@ -66,9 +88,12 @@ def blocking_send(fd: int, data: Any, timeout: float = IO_TIMEOUT) -> None:
             _wait(fd, select.POLLOUT, deadline)
             continue
         view = view[sent:]
+        count(sent)
+        deadline = time.monotonic() + timeout
 
 
-def blocking_sendfile(fd: int, path: str, size: int, timeout: float = IO_TIMEOUT) -> None:
+def blocking_sendfile(fd: int, path: str, size: int, timeout: float = IO_TIMEOUT,
+                      count: Callable[[int], None] = _uncounted) -> None:
     """Send ``size`` bytes of a file with sendfile (no user-space copy), else read+write."""
     deadline = time.monotonic() + timeout
     with open(path, "rb") as source:
@@ -87,27 +112,56 @@ def blocking_sendfile(fd: int, path: str, size: int, timeout: float = IO_TIMEOUT
                 if sent == 0:
                     raise OSError(f"{path} shrank while being sent")
                 offset += sent
+                count(sent)
+                deadline = time.monotonic() + timeout
         if offset < size:
             source.seek(offset)
-            blocking_send(fd, source.read(size - offset), max(0.0, deadline - time.monotonic()))
+            blocking_send(fd, source.read(size - offset), timeout, count)
 
 
-def blocking_receive(fd: int, view: memoryview, timeout: float = IO_TIMEOUT) -> None:
-    """Fill ``view`` from a non-blocking socket fd from a worker thread."""
+def blocking_receive(fd: int, view: memoryview, timeout: float = IO_TIMEOUT,
+                     count: Callable[[int], None] = _uncounted) -> None:
+    """Fill ``view`` from a non-blocking socket fd from a worker thread, woken once
+    RECEIVE_LOWAT bytes (or the rest) are in; SO_RCVLOWAT is back at 1 when it returns."""
     deadline = time.monotonic() + timeout
-    while view:
-        try:
-            got = os.readv(fd, [view])
-        except BlockingIOError:
-            _wait(fd, select.POLLIN, deadline)
-            continue
-        if got == 0:
-            raise EOFError("closed in the middle of a payload")
-        view = view[got:]
+    sock = socket.socket(fileno=os.dup(fd)) if LOWAT is not None else None
+    lowat = 1
+    try:
+        while view:
+            try:
+                got = os.readv(fd, [view])
+            except BlockingIOError:
+                if sock is None or lowat < 0:
+                    _wait(fd, select.POLLIN, deadline)
+                    continue
+                want = min(len(view), RECEIVE_LOWAT)
+                if want != lowat:
+                    sock.setsockopt(socket.SOL_SOCKET, LOWAT, want)
+                    lowat = want
+                try:
+                    _wait(fd, select.POLLIN, min(deadline, time.monotonic() + LOWAT_WAIT))
+                except TimeoutError:
+                    sock.setsockopt(socket.SOL_SOCKET, LOWAT, 1)
+                    lowat = -1  # a link this slow: read what comes for the rest of the payload
+                continue
+            if got == 0:
+                raise EOFError("closed in the middle of a payload")
+            view = view[got:]
+            count(got)
+            deadline = time.monotonic() + timeout
+    finally:
+        if sock is not None:
+            if lowat > 1:
+                sock.setsockopt(socket.SOL_SOCKET, LOWAT, 1)
+            sock.close()
 
 
 class PeerClosed(Exception):
     """The other side closed the connection (cleanly or not), or it stalled."""
+
+
+class PeerSilent(PeerClosed):
+    """Nothing moved on the connection for longer than its bound: it is closed."""
 
 
 @dataclass
@@ -156,6 +210,11 @@ class WireStream:
         self.closed = False
         self.last_activity = trio.current_time()
         self._eof = False
+        self.stall: float | None = None  # see the module docstring; set for links between nodes
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._polled = (0, 0)
+        self._bounded_sends: set[trio.CancelScope] = set()
 
     # -- what a dropped or stalled connection raises (a subclass may say it its way)
 
@@ -163,12 +222,57 @@ class WireStream:
         return PeerClosed(why)
 
     def silent(self) -> Exception:
-        return PeerClosed(f"{self.where} went silent: nothing moved for {self.idle or IO_TIMEOUT:g} s")
+        return PeerSilent(f"{self.where} went silent: nothing moved for {self.io_timeout:g} s")
 
     @property
     def io_timeout(self) -> float:
-        """The bound on one blocking payload transfer in a worker thread."""
-        return self.idle if self.idle is not None else IO_TIMEOUT
+        """How long a blocking payload transfer in a worker thread may go without a byte
+        moving."""
+        if self.idle is not None:
+            return self.idle
+        return self.stall if self.stall is not None else IO_TIMEOUT
+
+    # -- progress
+
+    def _count_in(self, n: int) -> None:
+        self.bytes_in += n
+
+    def _count_out(self, n: int) -> None:
+        self.bytes_out += n
+
+    def _moved(self) -> None:
+        self.last_activity = now = trio.current_time()
+        if self.stall is not None:
+            for scope in self._bounded_sends:
+                scope.deadline = max(scope.deadline, now + self.stall)
+
+    def poll_progress(self) -> bool:
+        """Did bytes move either way since the last call? Counts what worker threads
+        moved in the middle of a payload, and pushes back :meth:`unless_silent`'s bound."""
+        counts = (self.bytes_in, self.bytes_out)
+        if counts == self._polled:
+            return False
+        self._polled = counts
+        self._moved()
+        return True
+
+    @contextlib.contextmanager
+    def unless_silent(self) -> Iterator[None]:
+        """Run the block (a send) until it ends or nothing has moved on the connection for
+        ``stall`` seconds; then it is cancelled and :meth:`silent` raised (the caller
+        closes the connection: a frame may be half sent). Unbounded without ``stall``."""
+        if self.stall is None:
+            yield
+            return
+        scope = trio.CancelScope(deadline=trio.current_time() + self.stall)
+        self._bounded_sends.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._bounded_sends.discard(scope)
+        if scope.cancelled_caught:
+            raise self.silent()
 
     # -- handshake
 
@@ -198,7 +302,7 @@ class WireStream:
                 await self._send_all(prefix + bytes(payload) if size else prefix)  # one segment
                 return
             await self._send_all(prefix)
-            await self._in_thread(blocking_send, memoryview(payload).cast("B"))
+            await self._in_thread(blocking_send, memoryview(payload).cast("B"), count=self._count_out)
 
     async def send_parts(self, header: dict[str, Any], parts: list[Any]) -> None:
         """Send one frame whose payload is ``parts`` back to back (no joining copy)."""
@@ -218,13 +322,13 @@ class WireStream:
                 if len(view) < THREAD_IO:
                     await self._send_all(view)
                 else:
-                    await self._in_thread(blocking_send, view)
+                    await self._in_thread(blocking_send, view, count=self._count_out)
 
     async def send_file(self, header: dict[str, Any], path: str, size: int, payload_hash: bytes) -> None:
         """Send one frame whose payload is a whole file, with sendfile where possible."""
         async with self.send_lock:
             await self._send_all(self.conn.send_message(header, size, payload_hash))
-            await self._in_thread(blocking_sendfile, path, size)
+            await self._in_thread(blocking_sendfile, path, size, count=self._count_out)
 
     async def _send_all(self, data: bytes | memoryview) -> None:
         try:
@@ -237,21 +341,23 @@ class WireStream:
             raise self.silent() from None
         except ENDED as err:
             raise self.lost(f"the connection to {self.where} dropped: {why(err)}") from None
-        self.last_activity = trio.current_time()
+        self.bytes_out += len(data)
+        self._moved()
 
-    async def _in_thread(self, function: Any, *args: Any) -> None:
+    async def _in_thread(self, function: Any, *args: Any, count: Callable[[int], None]) -> None:
         """Run blocking socket I/O in a worker thread. A stall or a failure part-way
         leaves the stream out of step, so the connection is closed."""
         try:
             async with io_threads:
                 fd = self.stream.socket.fileno()
-                await trio.to_thread.run_sync(functools.partial(function, fd, *args, timeout=self.io_timeout))
+                await trio.to_thread.run_sync(functools.partial(function, fd, *args, timeout=self.io_timeout,
+                                                                count=count))
         except (OSError, EOFError, TimeoutError) as err:
             await self.aclose()
             if isinstance(err, TimeoutError):
                 raise self.silent() from err
             raise self.lost(f"the connection to {self.where} dropped: {why(err)}") from err
-        self.last_activity = trio.current_time()
+        self._moved()
 
     # -- receiving whole frames
 
@@ -299,7 +405,7 @@ class WireStream:
             got += len(chunk)
         direct = size - got
         if direct >= THREAD_IO:
-            await self._in_thread(blocking_receive, view[got:])
+            await self._in_thread(blocking_receive, view[got:], count=self._count_in)
         else:
             while got < size:
                 n = await self._receive_into(view[got:], size - got)
@@ -357,10 +463,13 @@ class WireStream:
         data = await self._bounded(self.stream.receive_some, self.receive_size)
         if not data:
             self._eof = True
+        self.bytes_in += len(data)
         return data
 
     async def _receive_into(self, view: memoryview, n: int) -> int:
-        return await self._bounded(self.stream.socket.recv_into, view, n)
+        got = await self._bounded(self.stream.socket.recv_into, view, n)
+        self.bytes_in += got
+        return got
 
     async def _bounded(self, receive: Any, *args: Any) -> Any:
         """``await receive(*args)``, failing with ``silent`` once nothing moved for ``idle``."""
@@ -376,7 +485,7 @@ class WireStream:
                         raise self.silent()
         except ENDED as err:
             raise self.lost(f"the connection to {self.where} dropped: {why(err)}") from None
-        self.last_activity = trio.current_time()
+        self._moved()
         return result
 
     async def _flush_farewell(self) -> None:

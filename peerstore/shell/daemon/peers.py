@@ -3,6 +3,11 @@
 Membership (gossip) says who is alive and where; this module keeps at most one live
 authenticated data connection per peer in use, dialling the peer's last known address
 when none is open. Connections the peer opened to us are used as well.
+
+Every link between nodes is bounded by silence (``stall``, the request timeout): a send
+fails once nothing moved on its connection for that long, however long it waited behind
+other frames while bytes flowed. :meth:`Peers.moved` says which peers bytes moved to or
+from since it was last called, for the core's ``BytesMoved`` reports.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ class Peers:
         cluster_key: bytes,
         connect_timeout: float,
         on_connection: Callable[[str, WireStream, Frame | None], Awaitable[None]],
+        stall: float | None = None,
     ):
         self.node_id = node_id
         self.cluster_key = cluster_key
         self.connect_timeout = connect_timeout
         self.on_connection = on_connection  # runs the receive loop of a connection
+        self.stall = stall
         self.conns: dict[str, WireStream] = {}
+        self.links: dict[str, set[WireStream]] = {}  # every connection with each peer, pooled or not
         self.addresses: dict[str, tuple[str, int]] = {}  # from membership
         self._dialing: dict[str, trio.Event] = {}
         self.nursery: trio.Nursery | None = None
@@ -49,15 +57,26 @@ class Peers:
         connection to its peer unless a live one is already there."""
         peer = wire.peer_id
         assert peer is not None
+        wire.stall = self.stall
         current = self.conns.get(peer)
         if current is None or current.closed:
             self.conns[peer] = wire
+        links = self.links.setdefault(peer, set())
+        links.add(wire)
         try:
             await self.on_connection(peer, wire, first)
         finally:
+            links.discard(wire)
+            if not links and self.links.get(peer) is links:
+                del self.links[peer]
             await wire.aclose()
             if self.conns.get(peer) is wire:
                 del self.conns[peer]
+
+    def moved(self) -> frozenset[str]:
+        """The peers that bytes moved to or from (on any connection) since the last call."""
+        return frozenset(peer for peer, links in self.links.items()
+                         if any([wire.poll_progress() for wire in links]))
 
     async def connection(self, peer: str) -> WireStream:
         """A live connection to ``peer``, dialling its known address if needed."""
@@ -78,6 +97,7 @@ class Peers:
         try:
             wire = await dial(*address, cluster_key=self.cluster_key, node_id=self.node_id,
                               timeout=self.connect_timeout)
+            wire.stall = self.stall
             if wire.peer_id != peer:
                 await wire.aclose()
                 raise OSError(f"{address[0]}:{address[1]} is now node {wire.peer_id}, not {peer}")
