@@ -5,6 +5,7 @@ plain-copy baselines measured in the same run; see docs/performance.md.
 
 Modules: ``runner`` (the phases), ``baselines`` (cp/dd + sync), ``procstat`` (CPU and
 RSS from /proc), ``commands`` (timed subprocesses), ``throttle`` (a slow node),
-``sources`` (cached checkpoints), ``codec`` (zfec and BLAKE3 throughput, no I/O), ``report``
-(table, JSON, aims), ``cli``.
+``sources`` (cached checkpoints), ``codec`` (zfec and BLAKE3 throughput, no I/O), ``repair``
+(lose a node for good, time the repair; ``--only repair``), ``report`` (table, JSON, aims),
+``cli``.
 """

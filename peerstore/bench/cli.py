@@ -16,8 +16,9 @@ from typing import Any, Sequence
 
 from peerstore.bench.codec import codec_line, codec_throughput
 from peerstore.bench.commands import can_drop_page_cache
+from peerstore.bench.lan import LanBench, lan_summary, parse_rate, unavailable_reason
 from peerstore.bench.report import aims, aims_block, notes_block, phase_json, phase_table, sweep_table
-from peerstore.bench.runner import PHASES, Bench, Options, log
+from peerstore.bench.runner import DEFAULT_PHASES, DEFAULT_REPAIR_RATE, PHASES, Bench, Options, log
 from peerstore.shell.config import format_size, parse_size
 from peerstore.model.policy import MAX_SHARD_SIZE, MIN_SHARD_SIZE, MiB
 
@@ -25,13 +26,20 @@ SWEEP_DEFAULT_SIZE = 512 * 1000 * 1000
 MAX_NODES = 16
 EPILOG = """\
 phases (--only, comma-separated): baselines, put, put_stream, get, get_1down, get_2down,
-dir, slow, concurrent. The get phases and put_stream also run put; get_2down runs get_1down
-first (it kills one more node).
+dir, slow, concurrent, and repair (not in the default run: name it). The get phases and
+put_stream also run put; get_2down runs get_1down first (it kills one more node).
+repair: on a fresh cluster with a short repair.grace_seconds (--repair-grace), put 5
+checkpoints (--size in total, default 1 GB), kill -9 a node holding about a fifth of the
+data and delete its data directory, and time until every checkpoint is back at the best
+tolerance (status --json and the piece files agree); repair MB/s are bytes re-created per
+second from the end of the grace, compared with the put of the same group; a get runs
+during the repair and again after it. One group per --repair-rate.
 
 examples:
-  python -m peerstore.bench                                  everything, Llama-3.2-1B size
+  python -m peerstore.bench                                  every phase but repair, Llama-3.2-1B size
   python -m peerstore.bench --size 1GB --only baselines,put,get --json out.json
   python -m peerstore.bench --sweep-shard-size 256KiB,1MiB,4MiB,16MiB --size 512MB
+  python -m peerstore.bench --only repair --size 1GB --repair-rate 32MiB,0
 """
 
 
@@ -63,6 +71,13 @@ def _shard_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _rate(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _phases(text: str) -> frozenset[str]:
     names = {part.strip() for part in text.split(",") if part.strip()}
     unknown = names - set(PHASES)
@@ -70,6 +85,16 @@ def _phases(text: str) -> frozenset[str]:
         raise argparse.ArgumentTypeError(
             f"unknown phase(s) {', '.join(sorted(unknown)) or '(none given)'}; choose from {', '.join(PHASES)}")
     return frozenset(names)
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(parse_size(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not 1 <= len(rates) <= 4 or any(r < 0 or r > 1 << 36 for r in rates):
+        raise argparse.ArgumentTypeError("give 1 to 4 comma-separated rates of 0 (unpaced) to 64GiB, like 32MiB,0")
+    return rates
 
 
 def _bounded(kind: type, low: float, high: float) -> Any:
@@ -97,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "peerstore-bench",
                    help="work directory: sources are cached in DIR/sources, each run uses DIR/run-PID "
                         "(default %(default)s; put it on the file system you want to measure)")
-    p.add_argument("--only", type=_phases, default=frozenset(PHASES), metavar="PHASES",
-                   help="run only these phases (see below)")
+    p.add_argument("--only", type=_phases, default=frozenset(DEFAULT_PHASES), metavar="PHASES",
+                   help="run only these phases (see below; default: all but repair)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write every figure as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the cluster data directories")
     p.add_argument("--clean", action="store_true", help="also delete the cached sources at the end")
@@ -116,9 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the slow node's stop/continue period in seconds (default 0.2)")
     p.add_argument("--repeat", type=_bounded(int, 1, 9), default=1,
                    help="with --sweep-shard-size: rounds over all sizes; rows show the median (default 1)")
+    p.add_argument("--repair-rate", type=_rates, default=(DEFAULT_REPAIR_RATE,), metavar="RATES",
+                   help="repair.max_bytes_per_second of the repair phase, comma-separated for one run each, "
+                        f"0 = unpaced (default {format_size(DEFAULT_REPAIR_RATE)}, the config default)")
+    p.add_argument("--repair-grace", type=_bounded(float, 0.5, 120.0), default=2.0, metavar="SECONDS",
+                   help="repair.grace_seconds of the repair phase (default 2)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record every node with py-spy (pip install py-spy) during each phase into DIR "
                         "and print where the time goes; profiled figures are slower")
+    p.add_argument("--link", type=_rate, metavar="RATE",
+                   help="root on Linux: run the nodes in network namespaces whose links are shaped to RATE "
+                        "(tc tbf, like 100mbit or 1gbit) both ways; measure a plain transfer, then put and get "
+                        "against the NIC limits the stored layout implies")
     p.add_argument("--sweep-shard-size", type=_shard_sizes, metavar="LIST",
                    help="instead of the phases: put and get once per shard size, like 256KiB,1MiB,4MiB,16MiB")
     return p
@@ -134,6 +168,7 @@ def options_from(args: argparse.Namespace) -> Options:
         verify=args.verify, dir_size=args.dir_size, concurrent=args.concurrent,
         concurrent_size=args.concurrent_size, slow_period=args.slow_period, slow_fraction=args.slow_fraction,
         sweep=args.sweep_shard_size or (), repeat=args.repeat,
+        repair_rates=args.repair_rate, repair_grace=args.repair_grace,
         profile_dir=args.profile.resolve() if args.profile else None,
     )
 
@@ -178,8 +213,11 @@ def print_report(bench: Bench, data: dict[str, Any]) -> None:
     notes = notes_block(bench.results)
     if notes:
         print("\nnotes:\n" + notes)
+    link = lan_summary(bench.results)
+    if link:
+        print("\nagainst the NIC limits (--link):\n" + link)
     if data["aims"]:
-        print("\naims (issue 5):\n" + aims_block(data["aims"]))
+        print("\naims (issue 5; repair: issue 12):\n" + aims_block(data["aims"]))
     if bench.sweep_rows:
         print("\nshard-size sweep:\n" + sweep_table(bench.sweep_rows))
     if data["codec"]:
@@ -200,8 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("peerstore.bench: needs Linux (/proc) to meter the nodes", file=sys.stderr)
         return 2
     options = options_from(args)
+    if args.link is not None:
+        reason = "--link does not combine with --sweep-shard-size" if options.sweep else unavailable_reason()
+        if reason:
+            print(f"peerstore.bench: {reason}", file=sys.stderr)
+            return 2
     options.workdir.mkdir(parents=True, exist_ok=True)
-    bench = Bench(options)
+    bench = Bench(options) if args.link is None else LanBench(options, args.link)
     started = time.time()
     try:
         bench.run_sweep() if options.sweep else bench.run()

@@ -13,6 +13,13 @@ from typing import IO, Sequence
 
 from peerstore.bench.procstat import KiB, MiB
 
+SLOWEST_RATE = 2e6  # bytes/s: a command slower than this is stuck, not slow
+
+
+def command_timeout(nbytes: int) -> float:
+    """How long a command moving ``nbytes`` may take before it counts as stuck."""
+    return 120.0 + nbytes / SLOWEST_RATE
+
 
 @dataclass(frozen=True)
 class Finished:

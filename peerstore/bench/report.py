@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from peerstore.bench.commands import Finished
+
 COPY_ONCE = "baseline: cp + sync"
 POLICY_COPIES = "baseline: policy bytes, parallel cp + sync"
 
@@ -15,14 +17,16 @@ RATIO_AIMS = (
     ("get, 2 nodes down", COPY_ONCE, 0.4),
 )
 PEAK_RSS_AIM_MIB = 300.0
+REPAIR_AIM = 0.5  # issue 12: repair bytes/s >= this x the same run's put MB/s, at the default pacing
 
 
 @dataclass
 class PhaseResult:
-    """One measured phase. ``bytes`` are checkpoint bytes (not bytes stored)."""
+    """One measured phase. ``bytes`` are checkpoint bytes (not bytes stored), but for
+    repair: the bytes it re-created."""
 
     phase: str
-    kind: str  # "baseline", "put" or "get"
+    kind: str  # "baseline", "put", "get" or "repair" (bytes re-created)
     bytes: int
     seconds: float
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # "nodes", "cli"/"tools", total
@@ -44,6 +48,18 @@ class PhaseResult:
     def max_peak_rss_mib(self) -> float | None:
         peaks = [v for v in self.peak_rss_mib.values() if v is not None]
         return max(peaks) if peaks else None
+
+
+@dataclass
+class Outcome:
+    """What a phase body reports back to the meter."""
+
+    bytes: int
+    seconds: float
+    commands: list[Finished] = field(default_factory=list)
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    tool_cpu_seconds: float = 0.0  # CPU of tools run outside ``commands`` (baselines)
 
 
 def ratio(result: PhaseResult, baseline: PhaseResult | None) -> float | None:
@@ -76,6 +92,10 @@ def aims(results: Sequence[PhaseResult]) -> list[dict[str, Any]]:
         if value is not None:
             out.append({"aim": f"{phase} >= {floor} x {baseline_name}", "value": round(value, 3),
                         "met": value >= floor})
+    for r in results:
+        value = r.extra.get("ratio_to_put")
+        if r.kind == "repair" and not r.error and value is not None and r.extra.get("default_pacing"):
+            out.append({"aim": f"{r.phase} >= {REPAIR_AIM} x its put", "value": value, "met": value >= REPAIR_AIM})
     peaks = [(r.phase, r.max_peak_rss_mib) for r in results
              if r.kind != "baseline" and r.max_peak_rss_mib and not r.error]
     if peaks:

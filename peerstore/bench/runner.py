@@ -17,14 +17,15 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peerstore.bench import baselines, profile, report
-from peerstore.bench.commands import CommandFailed, Finished, Running, can_drop_page_cache, drop_page_cache
+from peerstore.bench import baselines, profile, repair, report
+from peerstore.bench.commands import (CommandFailed, Finished, Running, can_drop_page_cache, command_timeout,
+                                      drop_page_cache)
 from peerstore.bench.procstat import Meter, Usage, machine_busy_seconds
-from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, PhaseResult
+from peerstore.bench.report import COPY_ONCE, POLICY_COPIES, Outcome, PhaseResult
 from peerstore.bench.sources import checkpoint_dir_source, safetensors_source, same_bytes, source_bytes
 from peerstore.bench.stored import replica_pair, share_times, stored_manifest
 from peerstore.bench.throttle import DutyCycle
@@ -32,9 +33,12 @@ from peerstore.shell.config import format_size
 from peerstore.model.policy import MiB, Policy
 from peerstore.testing.procs import NodeProc, ProcCluster, wait_for
 
-PHASES = ("baselines", "put", "put_stream", "get", "get_1down", "get_2down", "dir", "slow", "concurrent")
+PHASES = ("baselines", "put", "put_stream", "get", "get_1down", "get_2down", "dir", "slow", "concurrent", "repair")
+# Run only when named in --only: each pacing adds a cluster, five puts, a node loss and its repair.
+OPTIONAL_PHASES = ("repair",)
+DEFAULT_PHASES = tuple(p for p in PHASES if p not in OPTIONAL_PHASES)
+DEFAULT_REPAIR_RATE = repair.DEFAULT_RATE  # repair.max_bytes_per_second's default, 32 MiB/s per node
 NEEDS_STORED_MODEL = ("get", "get_1down", "get_2down")
-SLOWEST_RATE = 2e6  # bytes/s: a command slower than this is stuck, not slow
 CLUSTER_START_TIMEOUT = 60.0
 CLUSTER_START_ATTEMPTS = 3
 MEMBERSHIP_TIMEOUT = 60.0
@@ -46,7 +50,7 @@ class Options:
     nodes: int = 5
     shard_size: int = 4 * MiB
     workdir: Path = Path("/tmp/peerstore-bench")
-    only: frozenset[str] = frozenset(PHASES)
+    only: frozenset[str] = frozenset(DEFAULT_PHASES)
     keep: bool = False
     drop_caches: bool = False
     verify: bool = False
@@ -58,18 +62,8 @@ class Options:
     sweep: tuple[int, ...] = ()
     profile_dir: Path | None = None  # py-spy every node during each cluster phase
     repeat: int = 1  # sweep rounds
-
-
-@dataclass
-class Outcome:
-    """What a phase body reports back to the meter."""
-
-    bytes: int
-    seconds: float
-    commands: list[Finished] = field(default_factory=list)
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-    tool_cpu_seconds: float = 0.0  # CPU of tools run outside ``commands`` (baselines)
+    repair_rates: tuple[int, ...] = (DEFAULT_REPAIR_RATE,)  # one repair group each; 0: unpaced
+    repair_grace: float = repair.DEFAULT_GRACE  # repair.grace_seconds of the repair groups' clusters
 
 
 # What a phase may fail with and the run survive (the next group starts a fresh cluster).
@@ -80,10 +74,6 @@ def first_line(err: BaseException) -> str:
     """The headline of an error (its log tails go to stderr, not into the JSON)."""
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:500]
-
-
-def command_timeout(nbytes: int) -> float:
-    return 120.0 + nbytes / SLOWEST_RATE
 
 
 def log(message: str) -> None:
@@ -109,8 +99,9 @@ class Bench:
 
     # -- cluster ------------------------------------------------------------------------
 
-    def fresh_cluster(self, shard_size: int | None = None) -> ProcCluster:
+    def fresh_cluster(self, shard_size: int | None = None, extra: dict[str, Any] | None = None) -> ProcCluster:
         """Replace the cluster with a new, empty one and wait until all nodes see each other.
+        ``extra``: config sections every node gets (like ``{"repair": {...}}``).
 
         A node that exits while starting (its free port taken by another process in the
         meantime) fails the attempt at once; the next attempt picks new ports.
@@ -119,8 +110,8 @@ class Bench:
             self.close_cluster()
             self.clusters_started += 1
             root = self.run_dir / f"cluster-{self.clusters_started}"
-            c = self.cluster = ProcCluster(root, self.options.nodes,
-                                           shard_size=format_size(shard_size or self.options.shard_size))
+            c = self.cluster = self.new_cluster(root, format_size(shard_size or self.options.shard_size),
+                                                dict(extra or {}))
             log(f"starting {self.options.nodes} nodes in {root}")
             for node in c.nodes:
                 c.start(node.index)
@@ -133,6 +124,10 @@ class Bench:
                     raise RuntimeError(f"the cluster did not start: {err}\n{c.log_tails()}") from None
                 log(f"the cluster did not start ({first_line(err)}); trying again with new ports")
         raise AssertionError("unreachable")
+
+    def new_cluster(self, root: Path, shard_size: str, extra: dict[str, Any]) -> ProcCluster:
+        """The nodes of a fresh cluster (``--link`` puts them in network namespaces, lan.py)."""
+        return ProcCluster(root, self.options.nodes, shard_size=shard_size, extra=extra)
 
     def _all_see_all(self, c: ProcCluster) -> bool:
         exited = [n.index for n in c.nodes if not n.running]
@@ -188,9 +183,11 @@ class Bench:
 
     # -- measuring ------------------------------------------------------------------------
 
-    def measure(self, phase: str, kind: str, body: Callable[[], Outcome], meter_nodes: bool = True) -> PhaseResult:
-        """Run ``body`` from a cold page cache, metering every running node."""
-        if self.page_cache_requested and drop_page_cache():
+    def measure(self, phase: str, kind: str, body: Callable[[], Outcome], meter_nodes: bool = True,
+                drop_caches: bool = True) -> PhaseResult:
+        """Run ``body`` from a cold page cache (unless ``drop_caches`` is False: a phase that
+        starts while others run), metering every running node."""
+        if drop_caches and self.page_cache_requested and drop_page_cache():
             self.page_cache_dropped += 1
         meter = Meter()
         nodes = self.cluster.nodes if (self.cluster is not None and meter_nodes) else []
@@ -282,7 +279,8 @@ class Bench:
 
         return self.measure(phase, "put", body)
 
-    def get(self, phase: str, name: str, source: Path, *, via: int = 0, notes: str = "") -> PhaseResult:
+    def get(self, phase: str, name: str, source: Path, *, via: int = 0, notes: str = "",
+            drop_caches: bool = True) -> PhaseResult:
         out = self.run_dir / "restored"
         shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
         nbytes = source_bytes(source)
@@ -296,7 +294,7 @@ class Bench:
             return Outcome(int(done["bytes"]), finished.seconds, [finished], notes, extra)
 
         try:
-            result = self.measure(phase, "get", body)
+            result = self.measure(phase, "get", body, drop_caches=drop_caches)
             if self.options.verify:
                 if not same_bytes(source, out):
                     raise RuntimeError(f"{phase}: the restored {out} differs from {source}")
@@ -399,6 +397,9 @@ class Bench:
         if "concurrent" in want:
             self.concurrent_puts()
 
+    def run_repair_group(self, rate: int) -> None:
+        repair.run_group(self, rate)
+
     def concurrent_puts(self) -> None:
         count = self.options.concurrent
         each = self.options.concurrent_size or max((self.options.size or source_bytes(self.model(0))) // 8, MiB)
@@ -440,6 +441,9 @@ class Bench:
             groups.append(("directory", self.run_dir_group))
         if want & {"slow", "concurrent"}:
             groups.append(("slow node and concurrency", lambda: self.run_slow_group(self.model(seed=0), selected)))
+        for rate in self.options.repair_rates if "repair" in want else ():
+            groups.append((f"repair at {format_size(rate)}/s" if rate else "repair unpaced",
+                           lambda rate=rate: self.run_repair_group(rate)))
         if "baselines" in want and len(groups) > 1:  # bracket the cluster phases: the machine may drift
             groups.append(("baselines again", lambda: self.run_baselines(self.model(seed=0), report.AGAIN)))
         self.run_dir.mkdir(parents=True, exist_ok=True)
