@@ -28,6 +28,7 @@ from typing import Any, Iterable
 from peerstore.core import events as ev
 from peerstore.core.settings import CoreSettings
 from peerstore.errors import FormatError
+from peerstore.model import placement
 from peerstore.model.manifest import Manifest
 from peerstore.model.placement import StripePlacement
 from sim.clients import ClientRecord
@@ -185,6 +186,9 @@ class RunChecks:
         lists that version as live itself, or the version's placement puts that piece on
         this node (its commit counted the copy). Other deletions (``reason`` not "gc", such
         as surplus copies after repair) are not garbage collection."""
+        if effect.reason == "surplus":
+            self._check_surplus_drop(node, effect)
+            return
         if effect.reason != "gc" or not effect.piece_ids:
             return
         doomed = set(effect.piece_ids)
@@ -210,6 +214,36 @@ class RunChecks:
                 self.violation(f"gc-referenced:{node.node_id}:{mid.hex()}",
                                f"GC on {node.node_id[:4]} deleted {len(hits)} piece(s) of live version "
                                f"{name}@{version}, {why}")
+
+    def _check_surplus_drop(self, node: SimNode, effect: ev.DeletePieces) -> None:
+        """Rebalance never takes a checkpoint below its policy: dropping these copies leaves
+        every live committed checkpoint that uses them at least at the best tolerance the
+        running nodes allow, or, if it was already below that, where it was. The copies of
+        a dropped piece that stay must be genuine."""
+        doomed = set(effect.piece_ids)
+        running = [self.nodes[i] for i in self.ids if self.nodes[i].running]
+        for commit in self.ledger.commits:
+            if not commit.has_pieces or self.ledger.is_removed(commit.name, commit.version):
+                continue
+            manifest = self.ledger.manifest(commit.manifest_id)
+            if manifest is None or doomed.isdisjoint(self._piece_refs(manifest)):
+                continue
+            best = min(placement.best_tolerance(len(running), s.k, s.p) if len(running) >= 2 else -1
+                       for _, _, s in manifest.iter_stripes())
+            # The copies that stay of a dropped piece must be genuine (they are re-read before
+            # the drop); other pieces count as on disk: rot nobody has re-read yet is scrub's
+            # to find, as in every other tolerance check here.
+            def holds(n: SimNode, pid: bytes) -> bool:
+                return n.disk.genuine(pid) if pid in doomed else pid in n.disk.durable
+
+            before = self.ledger.tolerance(manifest, running, holds)
+            after = self.ledger.tolerance(manifest, running,
+                                          lambda n, pid: holds(n, pid) and not (n is node and pid in doomed))
+            if after < min(before, best):
+                self.violation(f"surplus-drop:{node.node_id}:{commit.manifest_id.hex()}",
+                               f"rebalance on {node.node_id[:4]} dropped {len(doomed)} piece copies of "
+                               f"{commit.name}@{commit.version}: tolerance {before} -> {after}, "
+                               f"below the policy's {best} with {len(running)} running nodes")
 
     def _removed_already(self, manifest_id: bytes) -> bool:
         """Is the version of ``manifest_id`` tombstoned in some running node's catalog?"""

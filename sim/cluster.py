@@ -112,6 +112,7 @@ class Cluster(FaultInjection, NodeShell, GossipShell, RunChecks):
         self._violation_keys: set[str] = set()
         self.faults: list[tuple[float, str]] = []
         self.corrupted: set[tuple[str, bytes]] = set()
+        self.rot_dropped = 0  # rotten copies rebalance dropped as surplus before anyone re-read them
         self.ledger = Ledger(self)  # what clients were told and what faults excuse: see sim.ledger
         self.retired: set[str] = set()  # ids whose disk was lost for good (the machine got a new id)
         self.member_observers: list[Callable[[float, str, MemberChanged], None]] = []

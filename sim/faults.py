@@ -338,6 +338,20 @@ class FaultInjection:
         self._fault(f"disk lost {node_id[:4]}: the machine comes back as new node {fresh[:4]}")
         return fresh
 
+    def add_node(self) -> str:
+        """A new machine (empty disk, never ran) joins the cluster: ``join()`` it. Returns its id."""
+        model_node = self.nodes[self.ids[0]]
+        index = len(self.nodes)
+        fresh = f"{index + 1:02x}" + model_id("node", self.seed, "added", index).hex()[:14]
+        addr = self._new_addr(fresh)
+        self.addr_owner[addr] = fresh
+        self.nodes[fresh] = SimNode(fresh, index, addr, SimDisk(model=model_node.disk.model), running=False)
+        self.net.add_host(fresh, self.net.hosts[model_node.node_id].nic)
+        self.net.hosts[fresh].listening = False
+        self.ids.append(fresh)
+        self._fault(f"new machine {fresh[:4]}")
+        return fresh
+
     # -- all at once ---------------------------------------------------------------------
 
     def heal_all(self) -> None:

@@ -286,6 +286,11 @@ class Ledger:
                 stored.setdefault(pid, set()).add(n.node_id)
                 if content.true_id == pid:
                     genuine.setdefault(pid, set()).add(n.node_id)
+        anywhere: dict[bytes, set[str]] = {}  # piece -> every node whose disk holds it intact, up or down
+        for n in cluster.nodes.values():
+            for pid, content in n.disk.durable.items():
+                if content.true_id == pid:
+                    anywhere.setdefault(pid, set()).add(n.node_id)
         nobody: set[str] = set()
 
         def held(pid: bytes) -> tuple[set[str], set[str], set[str]]:
@@ -312,7 +317,12 @@ class Ledger:
                         f"status would report tolerance {claimed} for {spec}, but the running nodes' disks hold "
                         f"its pieces for only {on_disk} ({tolerance(lambda pid: held(pid)[2])} genuine): an "
                         "inventory lists pieces its disk does not hold")
-            failed = self.failed(commit.holders, commit.started)
+            # Holders now, not only at commit: repair and rebalance move copies to other
+            # nodes (a crashed node's disk still holds what it held).
+            pieces = {pid for pids, _ in stripes for pid in pids}
+            holders = commit.holders | {n for pid in pieces for n in anywhere.get(pid, ())} | {
+                node for t, node, lost in self.lost_pieces if t > commit.started and not lost.isdisjoint(pieces)}
+            failed = self.failed(holders, commit.started)
             if len(failed) > commit.tolerance:
                 continue
             forgiven: dict[bytes, set[str]] = {}

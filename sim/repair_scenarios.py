@@ -231,3 +231,144 @@ def partition_no_repair_storm(r: Run) -> None:
     via = r.pick()
     for put in committed:
         r.expect_get(put.name, "after a partition or a mass reboot", via=via)
+
+
+# -- rebalance ---------------------------------------------------------------------------
+
+def _referenced_bytes(r: Run, node_ids) -> dict[str, int]:
+    """Genuine bytes of committed, not removed checkpoints' pieces on each of ``node_ids``."""
+    cluster = r.cluster
+    refs: set[bytes] = set()
+    for c in cluster.ledger.commits:
+        if not cluster.ledger.is_removed(c.name, c.version) and (m := cluster.ledger.manifest(c.manifest_id)):
+            refs |= m.piece_ids()
+    return {i: sum(c.size for pid, c in cluster.nodes[i].disk.durable.items()
+                   if pid in refs and c.true_id == pid) for i in node_ids}
+
+
+class _DipWatch:
+    """Samples, every ``period`` virtual seconds, each commit's exact tolerance over the
+    running nodes' disks and keeps the lowest seen: data on the move must never dip."""
+
+    def __init__(self, r: Run, period: float = 0.5):
+        self.r, self.period = r, period
+        self.lowest: dict[bytes, int] = {}
+        self.active = True
+        r.cluster.loop.after(period, self._sample)
+
+    def _sample(self) -> None:
+        if not self.active:
+            return
+        cluster = self.r.cluster
+        running = [cluster.nodes[i] for i in cluster.running_ids()]
+        for c in cluster.ledger.commits:
+            if (m := cluster.ledger.manifest(c.manifest_id)) is not None:
+                t = cluster.ledger.tolerance(m, running, lambda n, pid: n.disk.genuine(pid))
+                self.lowest[c.manifest_id] = min(self.lowest.get(c.manifest_id, t), t)
+        cluster.loop.after(self.period, self._sample)
+
+
+def _rebalance_idle(r: Run) -> bool:
+    nodes = [r.cluster.nodes[i] for i in r.cluster.running_ids()]
+    return all(n.core is not None and not n.core.repair.moves and not n.core.repair.moving
+               and not n.core.repair.queue and not n.core.repair.tasks
+               and not n.core.repair.rebalance_plan.drops and not n.core.repair.rebalance_plan.moves
+               and n.core.repair.last_scan is not None for n in nodes)
+
+
+def _stat(r: Run, name: str) -> int:
+    return sum(n.core.stats.get(name, 0) for n in r.cluster.nodes.values() if n.running and n.core is not None)
+
+
+def _wait_balanced(r: Run, max_time: float) -> bool:
+    """Run until every node's last plan had nothing to move or drop, for two scan intervals
+    (drops of copies a recent put leased wait for the lease: a plan keeps them until then)."""
+    quiet_since = None
+    end = r.cluster.loop.now + max_time
+    while r.cluster.loop.now < end:
+        r.run_for(5.0)
+        if _rebalance_idle(r):
+            quiet_since = r.cluster.loop.now if quiet_since is None else quiet_since
+            if r.cluster.loop.now - quiet_since >= 130:
+                return True
+        else:
+            quiet_since = None
+    return False
+
+
+@scenario(nodes=4, settings=repair_settings())
+def join_rebalance(r: Run) -> None:
+    """A new, empty machine joins a four-node cluster (and sometimes a sixth after it). It
+    gets about its fair share of the stored bytes and nothing more moves than that; no
+    checkpoint's tolerance ever dips while data moves; every copy a node gives up was
+    copied and verified elsewhere first. At six nodes repair raises every checkpoint to
+    the best tolerance there (3) and rebalance drops what the raise left surplus. Then
+    the hardest set of nodes the tolerance allows dies: every get is byte-identical."""
+    cluster = r.cluster
+    committed = _store(r, r.rng.randint(3, 6))
+    if not committed:
+        return
+    watch = _watch(r)
+    dips = _DipWatch(r)
+    before = {c.manifest_id: c.tolerance for c in cluster.ledger.commits}
+    old = list(cluster.running_ids())
+    held = _referenced_bytes(r, old)
+    total = sum(held.values())
+    joins = 2 if r.rng.random() < 0.4 else 1
+    for _ in range(joins):
+        new = cluster.add_node()
+        cluster.join(new)
+        r.settle()
+        balanced = _wait_balanced(r, max_time=1500)
+        r.expect(balanced, "rebalance never went quiet after a node joined")
+        running = cluster.running_ids()
+        now_held = _referenced_bytes(r, running)
+        share = sum(now_held.values()) / len(running)
+        r.expect(abs(now_held[new] - share) <= max(3 * SHARD, 0.15 * share),
+                 f"the new node holds {now_held[new]} bytes, its fair share is {share:.0f}: {now_held}")
+    moved = _stat(r, "rebalance_bytes_copied")
+    final = _referenced_bytes(r, cluster.running_ids())
+    r.note(f"{NOTE_PREFIX} rebalance joins={joins} stored={total} moved={moved} "
+           f"new_share={sum(final[n] for n in final if n not in held)} after={sum(final.values())}")
+    if joins == 1:
+        r.expect(moved <= total / 5 + 4 * SHARD, f"rebalance copied {moved} bytes to give a fifth node "
+                                                 f"its share of {total}: more than needed")
+        r.expect(sum(final.values()) <= total + 4 * SHARD,
+                 f"copies on the disks grew from {total} to {sum(final.values())} bytes: surplus left behind")
+    dips.active = False
+    for mid, lowest in dips.lowest.items():
+        r.expect(lowest >= min(before.get(mid, lowest), 2),
+                 f"a checkpoint's tolerance dipped to {lowest} (was {before.get(mid)}) while data moved")
+    r.expect(not watch.below_best(), f"below the best tolerance after rebalancing: {watch.below_best()}")
+    _kill_within_tolerance_and_get(r, committed, f"{joins} node(s) joined and data moved")
+
+
+@scenario(nodes=5, settings=repair_settings())
+def return_surplus(r: Run) -> None:
+    """A node is away past the grace period, its pieces are re-created on the others, and
+    then it comes back with its disk intact. The copies that are now surplus are dropped
+    (never below the policy: the surplus-drop invariant checks every drop) until the
+    disks hold about what they held before the failure; nothing is lost."""
+    cluster = r.cluster
+    watch = _watch(r)
+    committed = _store(r, r.rng.randint(2, 5))
+    if not committed:
+        return
+    stored = sum(_referenced_bytes(r, cluster.running_ids()).values())
+    node = r.pick()
+    cluster.crash(node, power_off=r.rng.random() < 0.5)
+    took = watch.wait_restored(max_time=watch.bound())
+    r.expect(took is not None, f"tolerance not back at the best after a node left: {watch.below_best()}")
+    grown = sum(_referenced_bytes(r, cluster.running_ids()).values()) + _referenced_bytes(r, [node])[node]
+    cluster.restart(node)
+    r.settle()
+    r.expect(_wait_balanced(r, max_time=1500), "rebalance never went quiet after the node came back")
+    after = sum(_referenced_bytes(r, cluster.running_ids()).values())
+    r.note(f"{NOTE_PREFIX} surplus stored={stored} with_surplus={grown} after={after} "
+           f"dropped={_stat(r, 'rebalance_pieces_dropped')}")
+    r.expect(after <= stored + 6 * SHARD, f"the disks hold {after} bytes after the surplus was dropped; "
+                                          f"{stored} before the failure, {grown} with the surplus")
+    r.expect(not watch.below_best(), f"below the best tolerance after dropping surplus: {watch.below_best()}")
+    via = r.pick()
+    for put in committed:
+        r.expect_get(put.name, "a node came back after its pieces were re-created", via=via)

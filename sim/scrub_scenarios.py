@@ -143,9 +143,11 @@ def scrub_finds_rot(r: Run) -> None:
 
 
 def _found_otherwise(r: Run) -> int:
-    """Rotten copies a get or a verify found first (they take the same path)."""
+    """Rotten copies a get, a verify or rebalance found first (they take the same path), or
+    that rebalance dropped as surplus before anyone re-read them (the rot went with them)."""
     cores = [r.cluster.nodes[i].core for i in r.cluster.running_ids() if r.cluster.nodes[i].core is not None]
-    return sum(c.stats["corrupt_found_by_get"] + c.stats["corrupt_found_by_verify"] for c in cores)
+    return r.cluster.rot_dropped + sum(c.stats["corrupt_found_by_get"] + c.stats["corrupt_found_by_verify"]
+                                       + c.stats["corrupt_found_by_rebalance"] for c in cores)
 
 
 def _problems(report: dict[str, Any]) -> list[str]:

@@ -25,7 +25,7 @@ delete the crash undid is repeated by the next pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from peerstore.core import events as ev
 from peerstore.core import gc
@@ -237,10 +237,28 @@ class GarbageCollector:
         self._parked.setdefault(piece_id, []).append(resume)
         return True
 
+    def drop_surplus(self, now: float, piece_ids: Iterable[bytes], dry_run: bool = False) -> list[bool]:
+        """Rebalance: the owner of these pieces found this node's copies surplus. Delete
+        each one that is held, not leased to a running put (which may have counted this
+        very copy) and not being stored or deleted; per piece, whether it was dropped
+        (with ``dry_run``, whether it would be, deleting nothing)."""
+        ids = list(piece_ids)
+        dropped = [pid in self.node.inventory and pid not in self.deleting and pid not in self._pinned
+                   and not self.leases.protected(pid, now) for pid in ids]
+        if dry_run:
+            return dropped
+        chosen = [pid for pid, ok in zip(ids, dropped) if ok]
+        self.node.stats["rebalance_drops_refused"] += len(ids) - len(chosen)
+        if chosen:
+            self.node.stats["rebalance_pieces_dropped"] += len(chosen)
+            self.delete_pieces(now, chosen, reason="surplus")
+        return dropped
+
     def delete_pieces(self, now: float, piece_ids: list[bytes],
-                      on_done: Callable[[float, int], None] | None = None) -> None:
+                      on_done: Callable[[float, int], None] | None = None, reason: str = "gc") -> None:
         """Remove local copies of ``piece_ids`` (at once from the inventory, from disk
-        through DeletePieces); ``on_done(now, bytes freed)`` after the last batch."""
+        through DeletePieces); ``on_done(now, bytes freed)`` after the last batch.
+        ``reason``: "gc" (unreferenced) or "surplus" (rebalance: enough copies elsewhere)."""
         wanted = [pid for pid in piece_ids
                   if pid in self.node.inventory and pid not in self.deleting and pid not in self._pinned]
         if not wanted:
@@ -275,7 +293,7 @@ class GarbageCollector:
                 on_done(t, left["freed"])
 
         for chunk in chunks:
-            self.node.local(lambda tag, c=tuple(chunk): ev.DeletePieces(tag, c),
+            self.node.local(lambda tag, c=tuple(chunk): ev.DeletePieces(tag, c, reason),
                             lambda t, done, c=chunk: deleted(t, done, c))
 
     # -- a pass ----------------------------------------------------------------------------

@@ -172,6 +172,7 @@ def assess_stripe(
     gone: Collection[str] = (),
     hold_unexplained: bool = False,
     planned: Mapping[bytes, Collection[str]] | None = None,
+    no_targets: Collection[str] = (),
 ) -> StripeRepair:
     """Assess one stripe and plan its repair.
 
@@ -182,6 +183,8 @@ def assess_stripe(
     that neither a gone node nor the hint explains (this node just booted and does not know
     who held what) waits instead of being repaired. ``planned[pid]``: live nodes an earlier
     part of the same plan will store ``pid`` on (counted as holders, never as sources).
+    ``no_targets``: live nodes that refuse new pieces (a read-only or full disk): they
+    count as holders and sources, but nothing is added on them.
     """
     entry = stripe.entry
     k, p = entry.k, entry.p
@@ -204,12 +207,12 @@ def assess_stripe(
     sources = {pid: _ordered(live_holders[pid], owner, stripe.key) for pid in pids}
     base = dict(stripe=stripe, tolerance=now_tolerance, target=target, owner=owner, sources=sources)
 
-    if _at_policy([live_holders[pid] for pid in pids], k, p, target):
+    if at_policy([live_holders[pid] for pid in pids], k, p, target):
         return StripeRepair(state=State.OK, **base)
     if now_tolerance < 0:
         readable_later = placement.stripe_tolerance([virtual[pid] for pid in pids], k) >= 0
         return StripeRepair(state=State.WAITING if readable_later and away_set else State.LOST, **base)
-    if _at_policy([virtual[pid] for pid in pids], k, p, target):
+    if at_policy([virtual[pid] for pid in pids], k, p, target):
         return StripeRepair(state=State.WAITING, **base)
     if hold_unexplained:
         named = {n for nodes in hinted for n in nodes}
@@ -217,13 +220,14 @@ def assess_stripe(
             named |= {n for pid in pids for n in presumed.get(pid, ())}
         if not named & set(gone):
             return StripeRepair(state=State.HELD, **base)
-    additions = _choose(stripe, virtual, live, target)
+    additions = _choose(stripe, virtual, live, target, frozenset(no_targets))
     if additions is None:
         return StripeRepair(state=State.STUCK, **base)
     return StripeRepair(state=State.REPAIR, additions=tuple(additions), **base)
 
 
-def _at_policy(position_holders: list[Collection[str]], k: int, p: int, target: int) -> bool:
+def at_policy(position_holders: list[Collection[str]], k: int, p: int, target: int) -> bool:
+    """Two holders per data shard, one per parity chunk, and at least ``target`` tolerance."""
     if any(len(h) < 2 for h in position_holders[:k]) or any(len(h) < 1 for h in position_holders[k:]):
         return False
     return placement.stripe_tolerance(position_holders, k) >= target
@@ -239,13 +243,15 @@ def _ordered(nodes: Collection[str], first: str | None, key: bytes) -> tuple[str
 
 
 def _choose(stripe: StripeRef, virtual: dict[bytes, set[str]], live: frozenset[str],
-            target: int) -> list[Addition] | None:
-    """Additions (on live nodes) that bring ``virtual`` to policy; None if impossible."""
+            target: int, no_targets: frozenset[str] = frozenset()) -> list[Addition] | None:
+    """Additions (on live nodes not in ``no_targets``) that bring ``virtual`` to policy;
+    None if impossible."""
     entry = stripe.entry
     k, p = entry.k, entry.p
     pids = entry.piece_ids
     if len(live) < 2:
         return None
+    takers = live - no_targets
     rank = {n: i for i, n in enumerate(placement.rendezvous_rank(stripe.key, sorted(live)))}
     need = [2] * k + [1] * p
     added: list[Addition] = []
@@ -273,7 +279,7 @@ def _choose(stripe: StripeRef, virtual: dict[bytes, set[str]], live: frozenset[s
         if not short:
             break
         position = min(short, key=lambda i: (len(virtual[pids[i]]) - need[i], i))
-        candidates = [n for n in live if n not in virtual[pids[position]]]
+        candidates = [n for n in takers if n not in virtual[pids[position]]]
         if not candidates:
             return None
         node = max(candidates, key=lambda n: (tolerance_with(position, n), -load(n), -rank[n]))
@@ -284,14 +290,14 @@ def _choose(stripe: StripeRef, virtual: dict[bytes, set[str]], live: frozenset[s
         if current >= target:
             return added
         options = [(tolerance_with(i, n), -load(n), -rank[n], -i, i, n)
-                   for i in range(k + p) for n in live if n not in virtual[pids[i]]]
+                   for i in range(k + p) for n in takers if n not in virtual[pids[i]]]
         best = max(options, default=None)
         if best is None:
             break
         if best[0] > current:
             add(best[4], best[5])
             continue
-        pair = _best_pair(stripe, virtual, live, rank, current)
+        pair = _best_pair(stripe, virtual, takers, rank, current)
         if pair is None:
             break
         for position, node in pair:
@@ -303,7 +309,7 @@ def _choose(stripe: StripeRef, virtual: dict[bytes, set[str]], live: frozenset[s
         return added or None
     for position, nodes in enumerate(where.positions()):
         for node in nodes:
-            if node not in virtual[pids[position]]:
+            if node not in virtual[pids[position]] and node in takers:
                 add(position, node)
     return added
 
@@ -349,6 +355,7 @@ def plan(
     gone: Collection[str] = (),
     hold_unexplained: bool = False,
     owner: str | None = None,
+    no_targets: Collection[str] = (),
 ) -> list[StripeRepair]:
     """Assess every stripe; return those below policy, closest to loss first.
 
@@ -358,7 +365,8 @@ def plan(
     """
     refs = list(stripes)
     live = frozenset(alive)
-    options = dict(away=away, presumed=presumed, gone=gone, hold_unexplained=hold_unexplained)
+    options = dict(away=away, presumed=presumed, gone=gone, hold_unexplained=hold_unexplained,
+                   no_targets=no_targets)
     first = [assess_stripe(ref, holders, live, **options) for ref in refs]
     worst: dict[bytes, int] = {}
     for r in first:

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from peerstore.core import events as ev
 from peerstore.core.repair import Addition, StripeRef, StripeRepair
+from peerstore.core.store_health import READ_ONLY
 from peerstore.wire import messages as msg
 
 MAX_REBUILDS = 2  # rebuild rounds per stripe task (the second for copies found corrupt)
+REFUSALS = (READ_ONLY, "no space")  # how a node that takes no new pieces answers a store
 
 if TYPE_CHECKING:
     from random import Random
@@ -77,6 +79,7 @@ class Job:
     why: str = ""
     charged: int = 0  # buffer memory a copy holds until it ends
     rebuild: bool = False  # re-created from parity (no live holder, or no intact copy)
+    refused: bool = False  # the target said it takes no new pieces (read-only or full disk)
 
 
 class StripeTask:
@@ -389,10 +392,17 @@ class StripeTask:
         if local:
             self.node.store_piece(addition.piece_id, job.handle, stored)
             return
+        def answered(t: float, reply: msg.Message, payload: Any) -> None:
+            ok = isinstance(reply, msg.PieceStored) and reply.ok
+            error = getattr(reply, "error", "") or "refused"
+            if not ok and error.startswith(REFUSALS):
+                job.refused = True
+            stored(t, ok, error)
+
         self.node.request(
-            now, target, lambda req: msg.StorePiece(req, piece_id=addition.piece_id, size=addition.size),
-            lambda t, reply, payload: stored(t, isinstance(reply, msg.PieceStored) and reply.ok,
-                                             getattr(reply, "error", "") or "refused"),
+            now, target,
+            lambda req: msg.StorePiece(req, piece_id=addition.piece_id, size=addition.size, background=True),
+            answered,
             lambda t, why: stored(t, False, why),
             payload=job.handle, inflight_bytes=addition.size,
         )
@@ -468,7 +478,7 @@ def fetch_verified(node: RepairHost, now: float, pid: bytes, size: int, sources:
         node.local(lambda tag: ev.LoadPiece(tag, pid), lambda t, done: arrived(t, done.handle))
         return
     node.request(
-        now, source, lambda req: msg.FetchPiece(req, piece_id=pid),
+        now, source, lambda req: msg.FetchPiece(req, piece_id=pid, background=True),
         lambda t, reply, payload: arrived(
             t, payload if isinstance(reply, msg.PieceData) and reply.found else None, release=payload),
         lambda t, why: arrived(t, None),

@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable
 from peerstore.core.manifests import ManifestFetch
 from peerstore.core.pacing import TokenBucket
 from peerstore.core.quorum import MembershipTracker
+from peerstore.core.rebalance import Drop, Move, RebalancePlan, plan_rebalance
+from peerstore.core.rebalance_task import RebalanceTask
 from peerstore.core.repair import Addition, State, StripeRef, StripeRepair, owner_of, plan, stripes_of
 from peerstore.core.repair_task import Budget, RepairHost, StripeTask
 from peerstore.model.manifest import Manifest
@@ -44,10 +46,12 @@ SCAN_INTERVAL_MIN = 60.0  # periodic scans: every max(this, grace) seconds
 SCAN_BATCH_DELAY = 1.0  # requested repairs are gathered this long into one scan
 RETRY_MIN, RETRY_MAX = 5.0, 300.0  # backoff for scans after a pass that left work undone
 PARALLEL_STRIPES = 4  # stripes repaired at once when the node has no client operation
-BUSY_STRIPES = 1  # ... while it coordinates a put or a get
+BUSY_STRIPES = 1  # ... while it coordinates a put or a get, or serves pieces to one
+CLIENT_HOLD = 2.0  # seconds after the last piece served to a put or a get that repair still yields
 MEMORY_SHARE = 4  # repair buffers stay within memory_budget / MEMORY_SHARE
 MANIFEST_LOADS = 4  # manifests fetched at once during a scan
 RATE_WINDOW = 30.0  # seconds of completions the measured rate averages over
+REFUSING_FOR = 600.0  # seconds a node that refused a piece (read-only or full disk) is no target
 MAX_REQUESTED = 100_000  # piece ids waiting for a requested scan
 
 
@@ -63,6 +67,8 @@ class RepairProgress:
     below_policy: tuple[bytes, ...]  # manifest ids of checkpoints below policy at the last scan
     cluster_bytes_left: int  # bytes every owner together still has to store (last scan)
     last_scan: float | None
+    rebalance_left: int = 0  # this node's rebalance actions still to do (moves and drops)
+    rebalance_bytes_left: int = 0  # bytes its moves still have to copy
 
 
 class RepairService(Budget):
@@ -97,6 +103,15 @@ class RepairService(Budget):
         self.done_log: deque[tuple[float, int]] = deque()
         self.blocked = ""
         self.now = 0.0
+        self.rebalance = bool(getattr(settings, "repair_rebalance", True))
+        self.moves: deque[Drop | Move] = deque()  # this node's share of the last rebalance plan
+        self.moving: list[RebalanceTask] = []
+        self.moving_failed = False
+        self.rebalance_plan = RebalancePlan()  # the whole cluster's, at the last scan
+        self.rebalance_holders: dict[bytes, frozenset[str]] = {}
+        self.refusing: dict[str, float] = {}  # node -> until when it gets no new pieces
+        self.client_until = 0.0  # repair yields until then: this node serves a put or a get
+        self.rebalance_stripes: list[StripeRef] = []
 
     # -- inputs from the node ------------------------------------------------------------
 
@@ -112,6 +127,11 @@ class RepairService(Budget):
         tracker = self._ensure(now)
         returned = (frozenset(self.node.alive) - tracker.alive) - {self.node.node_id}
         tracker.observe(now, self.node.alive)
+        if returned and self.rebalance:
+            # New or returning members: once the view settles, look for surplus and shares.
+            self._schedule(tracker.grew_at + tracker.settle + SCAN_BATCH_DELAY)
+        if returned and (self.moves or self.moving):
+            self._drop_rebalance()
         if returned and self.queue:
             # Their pieces count again: what is planned may no longer be needed.
             self._drop_queue()
@@ -153,7 +173,7 @@ class RepairService(Budget):
             promote = self.tracker.next_deadline()
             if promote is not None:
                 deadlines.append(promote)
-        for task in self.tasks:
+        for task in [*self.tasks, *self.moving]:
             waiting = task.waiting_for()
             if waiting is not None:
                 ready = self.bucket.ready_at(self.now, waiting)
@@ -171,6 +191,8 @@ class RepairService(Budget):
         cluster = sum(r.bytes for r in self.last_plan)
         if self.tasks or self.queue:
             state = "repairing"
+        elif self.moves or self.moving:
+            state = "rebalancing"
         elif self.scanning:
             state = "scanning"
         elif self.blocked:
@@ -179,8 +201,10 @@ class RepairService(Budget):
             state = "waiting"
         else:
             state = "idle"
+        actions = [*self.moves, *(t.action for t in self.moving if not t.ended)]
+        moving = sum(a.size for a in actions if isinstance(a, Move))
         return RepairProgress(state, left, self.bytes_done, rate, left / rate if rate > 0 and left else None,
-                              below, cluster, self.last_scan)
+                              below, cluster, self.last_scan, len(actions), moving)
 
     def report(self, now: float) -> dict[str, Any]:
         """This node's ``"repair"`` section of its status report (core/node_report.py)."""
@@ -191,6 +215,7 @@ class RepairService(Budget):
             "below_policy": len(p.below_policy), "cluster_bytes_left": p.cluster_bytes_left,
             "last_scan_age": None if p.last_scan is None else round(now - p.last_scan, 1),
             "majority": self.tracker is not None and self.tracker.has_majority(),
+            "rebalance_left": p.rebalance_left, "rebalance_bytes_left": p.rebalance_bytes_left,
         }
 
     def stable_blob(self) -> bytes:
@@ -228,6 +253,10 @@ class RepairService(Budget):
         self.blocked = "no majority"
         self.node.stats["repair_blocked_no_majority"] += 1
         self._drop_queue()
+
+    def _drop_rebalance(self) -> None:
+        """Forget the rebalance plan (the membership changed); running moves end first."""
+        self.moves.clear()
 
     def _drop_queue(self) -> None:
         """Forget the planned stripes; those a scrub or a get asked for are asked for again
@@ -348,14 +377,22 @@ class RepairService(Budget):
         away = away | frozenset(silent)  # a live peer that did not answer: presume nothing lost
         live = (frozenset(asked) | {me}) - frozenset(silent)
         presumed = {pid: frozenset(self.known.get(pid, ())) & away for pid in holders}
-        options = dict(away=away, presumed=presumed, gone=gone)
-        booting = now - tracker.booted_at < self.grace
+        self.refusing = {n: until for n, until in self.refusing.items() if until > now}
+        options = dict(away=away, presumed=presumed, gone=gone, no_targets=frozenset(self.refusing))
+        # Only a loss explains a repair: a shortfall no gone node explains waits while this
+        # node has just booted (it does not know who held what) or while a member is away
+        # (the cluster grew and a new member left again before the stripes were raised to
+        # the bigger cluster's layout: raising them waits until it is back or gone).
+        booting = now - tracker.booted_at < self.grace or bool(away)
         # The whole cluster's plan (for status and metrics), and this node's share. Only
         # its own earlier additions may cover a piece several stripes share: another
         # owner's plan may differ, or not run.
         result = plan(stripes, holders, live, hold_unexplained=booting, **options)
         own = plan(stripes, holders, live, hold_unexplained=booting, owner=me, **options)
-        self.known = {pid: frozenset(h) | presumed[pid] for pid, h in holders.items()}
+        # What absent nodes were last seen holding is kept, gone ones included: a node back
+        # from past the grace that leaves again before the next scan still has its pieces
+        # presumed during its new absence (its grace counts afresh).
+        self.known = {pid: frozenset(h) | (self.known.get(pid, frozenset()) - live) for pid, h in holders.items()}
         self.last_plan = result
         growing = now < tracker.grew_at + tracker.settle  # only requested repairs go ahead now
         mine = [r for r in own if r.state is State.REPAIR and r.owner == me and r.additions and not growing]
@@ -370,6 +407,7 @@ class RepairService(Budget):
                     self.forced.add((r.stripe.manifest_id, r.stripe.index))
                     mine.append(r)
         self.queue = deque(r for r in mine if not self._running(r.stripe))
+        self._plan_rebalance(now, tracker, stripes, holders, live, result, away | gone, silent, requested)
         if self.rescan_pending:
             self.rescan_pending = False
             self._schedule(now + SCAN_BATCH_DELAY)
@@ -383,25 +421,57 @@ class RepairService(Budget):
                 break
         self.pump(now)
 
+    def _plan_rebalance(self, now: float, tracker: MembershipTracker, stripes: list[StripeRef],
+                        holders: dict[bytes, set[str]], live: frozenset[str], result: list[StripeRepair],
+                        absent: frozenset[str], silent: set[str], requested: set[bytes]) -> None:
+        """Plan the cluster's rebalance and queue this node's share, only once nothing is
+        left to repair and the view is the settled, complete membership: every member of the
+        last stable membership alive and answering, none away, unchanged for the settle
+        time. A node that just booted, or sees only part of the cluster, moves nothing."""
+        self.moves.clear()
+        self.rebalance_plan = RebalancePlan()
+        settled = (tracker.stable is not None and tracker.stable == live and tracker.alive == live
+                   and now - tracker.view_since >= tracker.settle)
+        if (not self.rebalance or not settled or self.queue or self.tasks or requested or silent
+                or (absent & tracker.stable) or any(r.below_policy for r in result)):
+            return
+        whole = plan_rebalance(stripes, holders, live, frozenset(self.refusing))
+        self.rebalance_plan = whole
+        mine = whole.of(self.node.node_id)
+        busy = {t.piece_id for t in self.moving if not t.ended}
+        self.moves = deque(a for a in (*mine.drops, *mine.moves) if a.piece_id not in busy)
+        self.rebalance_holders = {pid: frozenset(h) for pid, h in holders.items()}
+        self.rebalance_stripes = stripes
+        if self.moves:
+            self.node.stats["rebalance_plans"] += 1
+
     def _running(self, stripe: StripeRef) -> bool:
         return any(t.repair.stripe.manifest_id == stripe.manifest_id and t.repair.stripe.index == stripe.index
                    for t in self.tasks)
 
     # -- carrying the plan out -----------------------------------------------------------
 
+    def serving_client(self, now: float) -> None:
+        """This node just stored or sent a piece for another node's put or get: yield to it."""
+        self.client_until = now + CLIENT_HOLD
+
     def _room(self) -> bool:
-        busy = any(not op.finished for op in self.node.operations)
-        return len(self.tasks) < (BUSY_STRIPES if busy else PARALLEL_STRIPES)
+        busy = any(not op.finished for op in self.node.operations) or self.now < self.client_until
+        return len(self.tasks) + len(self.moving) < (BUSY_STRIPES if busy else PARALLEL_STRIPES)
 
     def pump(self, now: float) -> None:
         """Start what the plan, the pacing and the memory allow now (after any event)."""
         self.now = now
         tracker = self.tracker
-        if (self.queue or self.tasks) and (tracker is None or not tracker.has_majority()):
+        if (self.queue or self.tasks or self.moves or self.moving) and (tracker is None or not tracker.has_majority()):
             self._block()
             for task in list(self.tasks):
                 task.abort()
             self.tasks.clear()
+            self._drop_rebalance()
+            for move in list(self.moving):
+                move.abort()
+            self.moving.clear()
             return
         while self.queue and self._room():
             repair = self.queue.popleft()
@@ -415,6 +485,14 @@ class RepairService(Budget):
             self.node.stats["repair_stripes_started"] += 1
         for task in list(self.tasks):
             task.advance(now)
+        while self.moves and not self.queue and not self.tasks and self._room():
+            action = self.moves.popleft()
+            move = RebalanceTask(self.node, action, self.rebalance_stripes, self.rebalance_holders,
+                                 self, self._moved)
+            self.moving.append(move)
+            move.start(now)
+        for move in list(self.moving):
+            move.advance(now)
 
     # Budget (what tasks may spend) --------------------------------------------------------
 
@@ -445,7 +523,30 @@ class RepairService(Budget):
         self.node.stats["repair_pieces"] += 1
         self.node.stats["repair_bytes"] += addition.size
 
+    def _moved(self, now: float, move: RebalanceTask) -> None:
+        if move.copy is not None:
+            self._note_refusals(now, move.copy)
+        if move in self.moving:
+            self.moving.remove(move)
+        self.moving_failed = self.moving_failed or not move.ok
+        if move.ok:
+            self.node.stats["rebalance_bytes_freed"] += move.action.size
+        if not self.moving and not self.moves:
+            # The share is done: look again (the others' shares change the loads).
+            self._schedule(now + (self.retry if self.moving_failed else SCAN_BATCH_DELAY))
+            if self.moving_failed:
+                self.retry = min(self.retry * 2, RETRY_MAX)
+            self.moving_failed = False
+        self.pump(now)
+
+    def _note_refusals(self, now: float, task: StripeTask) -> None:
+        for job in task.jobs:
+            if job.refused:
+                self.refusing[job.addition.target] = now + REFUSING_FOR
+                self.node.stats["repair_target_refused"] += 1
+
     def _task_done(self, now: float, task: StripeTask) -> None:
+        self._note_refusals(now, task)
         if task in self.tasks:
             self.tasks.remove(task)
         if task.failed:

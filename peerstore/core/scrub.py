@@ -146,6 +146,16 @@ class Scrubber:
             return MIN_RATE
         return max(MIN_RATE, min(self.max_rate, held * self.mean_size() / self.period))
 
+    def _catch_up_rate(self, now: float) -> float:
+        """The rate that still ends this pass one period after it began. The inventory can
+        shrink mid-pass (rebalance drops surplus copies, GC deletes), which lowers the
+        inventory-based rate while the pass's order still has most of its pieces to read."""
+        if not self.order or self.cursor >= len(self.order):
+            return MIN_RATE
+        left = (len(self.order) - self.cursor) * self.mean_size()  # pieces gone since count: cheap, errs fast
+        remaining = max(self.pass_started + self.period - now, self.period / 20)
+        return max(MIN_RATE, min(self.max_rate, left / remaining))
+
     def poll(self, now: float, inventory: Collection[bytes]) -> bytes | None:
         """The next piece to verify now, or None (one in flight, paced, or nothing held)."""
         if not self.enabled or self.in_flight is not None:
@@ -154,7 +164,7 @@ class Scrubber:
             self.bucket = TokenBucket(MIN_RATE, burst=self.size_estimate, now=now)
             self.bucket.tokens = 0.0
         self.bucket.ready_at(now, 0)  # accrue at the old rate up to now, then change it
-        self.bucket.rate = self.target_rate(len(inventory))
+        self.bucket.rate = max(self.target_rate(len(inventory)), self._catch_up_rate(now))
         if not inventory:
             self.idle = True
             return None

@@ -273,3 +273,22 @@ def test_stripes_of_a_manifest():
 @pytest.mark.parametrize("n,best", [(1, -1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 3), (10, 3)])
 def test_best_tolerance_by_cluster_size(n, best):
     assert best_for(n, K, P) == best
+
+
+def test_nodes_that_refuse_new_pieces_are_never_targets_but_still_count_as_holders():
+    members = nodes(6)
+    refusing = members[1]
+    for seed in range(30):
+        ref, holders = placed(f"refuse{seed}", members)
+        gone = members[5]
+        alive = set(members) - {gone}
+        r = assess_stripe(ref, holders, alive, gone={gone}, no_targets={refusing})
+        if r.state is State.OK:
+            continue
+        assert r.state is State.REPAIR, r.state
+        assert r.additions and all(a.target != refusing for a in r.additions)
+        hs = after(ref, holders, alive, r.additions)
+        assert placement.stripe_tolerance(hs, K) >= r.target
+        # Its copies still serve as sources.
+        for pid, sources in r.sources.items():
+            assert set(sources) == holders.get(pid, set()) & alive

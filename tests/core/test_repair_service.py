@@ -4,6 +4,8 @@ stable membership. The scenario sweeps are in tests/sim/test_repair_scenarios.py
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from peerstore.core import events as ev
@@ -174,3 +176,22 @@ def test_a_copy_found_corrupt_is_rebuilt_from_parity_and_reported_to_its_holder(
     assert watch.total_repair_bytes > 0
     [get] = c.wait(c.get(c.running_ids()[0], put.name))
     assert get.ok, get.final
+
+
+def test_repair_yields_on_a_node_that_serves_pieces_to_a_get_or_a_put_but_not_to_repair():
+    from peerstore.core.node import NodeCore
+    from peerstore.core import repairer
+    from peerstore.wire import messages as msg
+
+    node = NodeCore("aa" * 8, CoreSettings(), random.Random(1), inventory={bytes(32)})
+    service = node.repair
+    service.now = 10.0
+    assert service._room()
+    node.handle(10.0, ev.MessageReceived("bb" * 8, msg.FetchPiece(1, piece_id=bytes(32), background=True), None))
+    assert service.client_until <= 10.0, "a repair fetch is not a client to yield to"
+    node.handle(10.0, ev.MessageReceived("bb" * 8, msg.FetchPiece(2, piece_id=bytes(32)), None))
+    assert service.client_until == 10.0 + repairer.CLIENT_HOLD
+    service.tasks = [object()] * repairer.BUSY_STRIPES  # type: ignore[list-item]
+    assert not service._room(), "while serving a get, repair runs one stripe at a time"
+    service.now = 10.0 + repairer.CLIENT_HOLD + 0.1
+    assert service._room()

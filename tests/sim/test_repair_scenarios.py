@@ -8,13 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
+import peerstore.core.rebalance as rebalance
 import peerstore.core.repair as repair_plan
 import peerstore.core.repairer as repairer
 from peerstore.core.quorum import MembershipTracker
 from sim import repair_scenarios  # noqa: F401 - registers the scenarios
 from sim.scenarios import SCENARIOS, run
 
-NAMES = ["node-loss-repair", "repair-interrupted", "flapping-around-grace", "partition-no-repair-storm"]
+NAMES = ["node-loss-repair", "repair-interrupted", "flapping-around-grace", "partition-no-repair-storm",
+         "join-rebalance", "return-surplus"]
 FRESH = range(7100, 7106)  # seeds no one tuned the scenarios on
 
 
@@ -75,3 +77,15 @@ def test_breaking_the_majority_rule_fails_partition_no_repair_storm():
     failed = [r for r in results if not r.ok]
     assert failed, "a minority that repairs went unnoticed"
     assert any("minority side" in v for r in failed for v in r.violations)
+
+
+def test_a_rebalance_that_drops_copies_its_stripes_need_fails_return_surplus():
+    """The injected bug: the rebalance planner takes every stripe for at policy, so it
+    drops copies the stripes need; the surplus-drop invariant must catch it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rebalance, "at_policy", lambda *args: True)
+        results = [run("return-surplus", seed) for seed in FRESH[:2]]
+    failed = [r for r in results if not r.ok]
+    assert len(failed) == len(results), [r.violations for r in results]
+    assert any("rebalance on" in v and "below the policy" in v for r in failed for v in r.violations)
+
