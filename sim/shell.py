@@ -13,6 +13,10 @@ own (the simulator must never be kinder than the daemon).
 - *Data path.* ``Send`` becomes a stream message whose payload is modelled by size and
   hash (``sim.content``); a request whose connection breaks fails with
   ``PeerUnreachable``; replies clear the outstanding request.
+- *Progress.* Every ``PROGRESS_INTERVAL`` seconds, as the daemon does, the core hears
+  which peers bytes moved to or from (``ev.BytesMoved``, from ``Network.moved``): its
+  requests time out on a peer's silence, not on a queue. Reported while the node waits
+  on a peer (a report changes nothing when no request is outstanding).
 - *Disks.* Piece writes are written, then fsynced (a crash in between loses them; an
   fsync may fail with EIO); manifests, catalog and counters are replaced atomically.
 - *Client side.* The put's source files and the get's output are the simulated client's:
@@ -33,6 +37,7 @@ import random
 from typing import Any, Callable
 
 from peerstore.core import events as ev
+from peerstore.core.messenger import PROGRESS_INTERVAL
 from peerstore.core.node import NodeCore
 from peerstore.core.quorum import decode_stable
 from peerstore.core.settings import CoreSettings
@@ -209,6 +214,23 @@ class NodeShell:
                                    message, content, on_fail=on_fail)
         if is_request and gen:
             node.outstanding.setdefault(peer, {})[message.req] = gen
+            self._watch_progress(node)
+
+    def _watch_progress(self, node: SimNode) -> None:
+        if not node.progress_watch:
+            node.progress_watch = True
+            self.loop.after(PROGRESS_INTERVAL, self._input, node, node.boot, self._report_progress)
+
+    def _report_progress(self, node: SimNode) -> None:
+        """As the daemon's shell: the peers bytes moved to or from in the last interval."""
+        node.progress_watch = False
+        now = self.loop.now
+        moved = frozenset(peer for peer in self.nodes if peer != node.node_id
+                          and self.net.moved(node.node_id, peer, now - PROGRESS_INTERVAL, now))
+        if moved and node.core is not None:
+            self._feed_core(node, ev.BytesMoved(moved))
+        if node.core is not None and node.core.request_deadline() is not None:
+            self._watch_progress(node)  # while it waits on a peer (its requests all end)
 
     def _message_lands(self, dst_id: str, src_id: str, message: msg.Message, content: Content | None) -> None:
         node = self.nodes[dst_id]
@@ -300,6 +322,8 @@ class NodeShell:
         """As the daemon's PieceStore.remove: unlink each file (no fsync, so until the file
         system commits, ``UNLINK_COMMIT`` seconds, a crash brings them back)."""
         self._check_gc_delete(node, effect)
+        if effect.reason == "surplus":  # rebalance dropping a copy nobody knew was rotten
+            self.rot_dropped += sum((node.node_id, pid) in self.corrupted for pid in effect.piece_ids)
         if self._read_only(node):  # unlink fails with EROFS: every file stays
             self.complete(node, 0.0005, ev.PiecesDeleted(effect.tag, (), 0, READ_ONLY))
             return

@@ -11,6 +11,7 @@ them together keeps the help texts, exit codes and error style consistent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -35,9 +36,12 @@ from peerstore.errors import (
     PeerstoreError,
     UsageError,
 )
+from peerstore.core.membership import INCARNATION_BITS_PER_BOOT
 from peerstore.model.names import parse_spec
 from peerstore.shell.netaddr import detect_address
+from peerstore.shell.peercred import client_socket_path
 from peerstore.shell.client.progress import Progress, human_size
+from peerstore.cli.service import add_service_parser
 from peerstore.cli.verify_report import exit_code as verify_exit_code
 from peerstore.cli.verify_report import format_report as format_verify_report
 from peerstore.cli.verify_report import format_scrub
@@ -155,10 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    command("node", "run this machine's node (the daemon)",
-            "Run the peerstore node daemon in the foreground until Ctrl-C or SIGTERM.",
-            "examples:\n  peerstore node --config config.yaml\n  ./launch.sh            (the same, from ./config.yaml)\n",
-            cmd_node)
+    p = command("node", "run this machine's node (the daemon)",
+                "Run the peerstore node daemon in the foreground until Ctrl-C or SIGTERM.",
+                "examples:\n  peerstore node --config config.yaml\n  ./launch.sh            (the same, from ./config.yaml)\n"
+                "  peerstore node --log-format json --log-file /var/log/peerstore/node.log\n",
+                cmd_node)
+    p.add_argument("--log-format", choices=("text", "json"), help="override the config's log.format")
+    p.add_argument("--log-file", metavar="PATH", help="override the config's log.file (rotated by size)")
+    add_service_parser(command, resolve_config_path)
 
     p = command("init", "write a config file with a fresh cluster key",
                 "Write a documented config file. Without --cluster-key it makes a new cluster key: copy "
@@ -308,10 +316,19 @@ def default_node(config: Config) -> tuple[str, int]:
     return host, config.listen_port
 
 
+def local_socket(args: argparse.Namespace, config: Config) -> Path | None:
+    """The Unix socket of the config's own node (a put there lets it read the files
+    itself), unless --node names another node."""
+    if args.node is not None and tuple(args.node) != default_node(config):
+        return None
+    return client_socket_path(config.data_dir)
+
+
 def _client(args: argparse.Namespace) -> NodeClient:
     config = load_config(resolve_config_path(args.config))
     host, port = args.node or default_node(config)
-    return NodeClient(host, port, config.cluster_key, args.timeout, config_source=config.source)
+    return NodeClient(host, port, config.cluster_key, args.timeout, config_source=config.source,
+                      local_socket=local_socket(args, config))
 
 
 def _progress(args: argparse.Namespace) -> Progress:
@@ -435,21 +452,52 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _incarnation(m: dict) -> str:
+    """A member's incarnation as a person reads it: its boot count, and the refutations
+    (sequence) within that boot (core/membership.py: each boot starts at boot << 32; a
+    node older than the "boot" field is read the same way)."""
+    incarnation = m.get("incarnation")
+    boot, seq = m.get("boot"), m.get("seq")
+    if not (type(boot) is int and type(seq) is int):
+        if type(incarnation) is not int or incarnation < 0:
+            return "-"
+        boot, seq = incarnation >> INCARNATION_BITS_PER_BOOT, incarnation & ((1 << INCARNATION_BITS_PER_BOOT) - 1)
+    return f"boot {boot}, seq {seq}"
+
+
+def _named(node: Any, names: dict[str, str]) -> str:
+    node = str(node)
+    return f"{node} ({names[node]})" if names.get(node) else node
+
+
+def format_unanswered(status: dict, names: dict[str, str]) -> list[str]:
+    """The members a status could not ask within its time limit (core/status.py)."""
+    out = []
+    for item in status.get("unanswered") or []:
+        if not isinstance(item, dict):
+            continue
+        why = "unreachable" if item.get("why") == "unreachable" else "no answer within the status time limit"
+        out.append(f"NOT ASKED: node {_named(item.get('id', '?'), names)}: {why}; its report is missing and "
+                   "its pieces are not counted, so TOLERANCE NOW may read lower than it is")
+    return out
+
+
 def format_status(status: dict, where: str) -> str:
-    members = status.get("members") or []
-    lines = [f"node {status.get('node_id', '?')} (via {where}); {len(members)} member(s) in view"]
+    members = [m if isinstance(m, dict) else {"id": str(m)} for m in status.get("members") or []]
+    names = {str(m.get("id")): str(m["name"]) for m in members if m.get("name")}
+    lines = [f"node {_named(status.get('node_id', '?'), names)} (via {where}); {len(members)} member(s) in view"]
     if members:
         rows = []
         for m in members:
-            if not isinstance(m, dict):
-                m = {"id": str(m)}
             node = str(m.get("id") or m.get("node_id") or "?") + (" (this node)" if m.get("self") else "")
             contact = m.get("last_contact")
-            incarnation = m.get("incarnation")
-            rows.append([node, str(m.get("address") or m.get("addr") or "-"), str(m.get("state") or "-"),
-                         str(incarnation) if isinstance(incarnation, int) else "-",
+            rows.append([node, str(m.get("name") or "-"), str(m.get("address") or m.get("addr") or "-"),
+                         str(m.get("state") or "-"), _incarnation(m),
                          f"{contact:g} s ago" if isinstance(contact, (int, float)) and not m.get("self") else "-"])
-        lines += ["", format_table(["NODE", "ADDRESS", "STATE", "INCARNATION", "LAST CONTACT"], rows, right=(3,))]
+        lines += ["", format_table(["NODE", "NAME", "ADDRESS", "STATE", "INCARNATION", "LAST CONTACT"], rows)]
+    unanswered = format_unanswered(status, names)
+    if unanswered:
+        lines += ["", *unanswered]
     checkpoints = status.get("checkpoints") or []
     if checkpoints:
         rows = []
@@ -537,6 +585,10 @@ def _rate(nbytes: int, seconds: float) -> str:
 
 def cmd_node(args: argparse.Namespace) -> int:
     config = load_config(resolve_config_path(args.config, include_local=False))
+    if args.log_format or args.log_file:
+        config = dataclasses.replace(config, log=dataclasses.replace(
+            config.log, **({"format": args.log_format} if args.log_format else {}),
+            **({"file": Path(args.log_file).expanduser().absolute()} if args.log_file else {})))
     try:
         from peerstore.shell.daemon.main import run_node
     except ImportError as err:
@@ -690,7 +742,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     host, port = args.node or default_node(config)
     watcher = build_watcher(
         config, Path(args.dir),
-        lambda: NodeClient(host, port, config.cluster_key, args.timeout, config_source=config.source),
+        lambda: NodeClient(host, port, config.cluster_key, args.timeout, config_source=config.source,
+                           local_socket=local_socket(args, config)),
         name_prefix=args.name_prefix, name_template=args.name_template, include=args.include,
         exclude=args.exclude, settle=args.settle,
     )

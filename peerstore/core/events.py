@@ -100,6 +100,15 @@ class PeerUnreachable:
 
 
 @dataclass(frozen=True)
+class BytesMoved:
+    """Bytes moved to or from each of ``peers`` since the shell's previous report. Shells
+    report every ``core.messenger.PROGRESS_INTERVAL`` seconds while bytes move: a
+    request times out on its peer's silence, not on time spent in our own send queue."""
+
+    peers: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Started:
     """The node (re)started: catch up with its peers."""
 
@@ -528,6 +537,9 @@ class Status:
     repair_bytes_left: int = 0
     repair_rate: float = 0.0
     repair_eta: float | None = None
+    # Live members that did not answer within settings.status_timeout (node id, "timeout"
+    # or "unreachable"): their reports are missing and their pieces are not counted.
+    unanswered: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

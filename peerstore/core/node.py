@@ -19,6 +19,7 @@ from peerstore.core import events as ev
 from peerstore.core.context import NodeContext, Operation
 from peerstore.core.get import GetOperation
 from peerstore.core.put import PutOperation
+from peerstore.core.integrity import bitmap
 from peerstore.core.node_report import encode_report
 from peerstore.core.status import StatusOperation
 from peerstore.core.verify import VerifyOperation
@@ -51,8 +52,7 @@ class NodeCore(NodeContext):
 
     def tick(self, now: float) -> list[ev.Effect]:
         """Expire overdue requests and run due retries."""
-        for pending in [p for p in self._pending.values() if p.deadline <= now]:
-            self._fail_request(now, pending.req, "timeout")
+        self.expire(now)
         for op in list(self._ops.values()):
             op.tick(now)
         self.gc.tick(now)
@@ -62,7 +62,7 @@ class NodeCore(NodeContext):
         return self._drain()
 
     def next_deadline(self) -> float | None:
-        deadlines = [p.deadline for p in self._pending.values()]
+        deadlines = [d] if (d := self.request_deadline()) is not None else []
         deadlines += [d for op in self._ops.values() if (d := op.next_deadline()) is not None]
         if (gc_due := self.gc.next_deadline()) is not None:
             deadlines.append(gc_due)
@@ -141,6 +141,9 @@ class NodeCore(NodeContext):
     def _on_store_health(self, now: float, event: ev.StoreHealthChanged) -> None:
         self.store_health.observe(now, event.writable, event.reason)
 
+    def _on_bytes_moved(self, now: float, event: ev.BytesMoved) -> None:
+        self.bytes_moved(now, event.peers)
+
     def _on_unreachable(self, now: float, event: ev.PeerUnreachable) -> None:
         self._fail_request(now, event.req, "unreachable")
 
@@ -170,7 +173,7 @@ class NodeCore(NodeContext):
                     self.emit(ev.ReleaseHandles((event.payload,)))
                 return
             del self._pending[message.req]
-            self._release_inflight(pending)
+            self._release_inflight(now, pending)
             pending.on_reply(now, message, event.payload)
             return
         serve = self._SERVERS.get(type(message))
@@ -180,6 +183,8 @@ class NodeCore(NodeContext):
     # -- serving peers -------------------------------------------------------------------
 
     def _serve_store_piece(self, now: float, peer: str, m: msg.StorePiece, payload: Any) -> None:
+        if not m.background:
+            self.repair.serving_client(now)
         if payload is None:
             self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=False, error="no payload")))
             return
@@ -196,6 +201,8 @@ class NodeCore(NodeContext):
         self.store_piece(m.piece_id, payload, stored, size=m.size)
 
     def _serve_fetch_piece(self, now: float, peer: str, m: msg.FetchPiece, payload: Any) -> None:
+        if not m.background:
+            self.repair.serving_client(now)
         found = m.piece_id in self.inventory
         self.emit(
             ev.Send(
@@ -259,6 +266,10 @@ class NodeCore(NodeContext):
         held = self.gc.serve_renewal(now, m.piece_ids, float(m.seconds))
         self.emit(ev.Send(peer, msg.PiecesHeld(m.req, held=held)))
 
+    def _serve_drop_pieces(self, now: float, peer: str, m: msg.DropPieces, payload: Any) -> None:
+        dropped = self.gc.drop_surplus(now, m.piece_ids, dry_run=m.dry_run)
+        self.emit(ev.Send(peer, msg.PiecesDropped(m.req, dropped=bitmap(dropped))))
+
     _SERVERS = {
         msg.StorePiece: _serve_store_piece,
         msg.FetchPiece: _serve_fetch_piece,
@@ -270,6 +281,7 @@ class NodeCore(NodeContext):
         msg.RenewLease: _serve_renew_lease,
         msg.VerifyPieces: _serve_verify_pieces,
         msg.ReportNode: _serve_report_node,
+        msg.DropPieces: _serve_drop_pieces,
     }
 
     _HANDLERS: dict[type, Callable[..., None]] = {
@@ -282,6 +294,7 @@ class NodeCore(NodeContext):
         ev.CancelCommand: _on_cancel,
         ev.MessageReceived: _on_message,
         ev.PeerUnreachable: _on_unreachable,
+        ev.BytesMoved: _on_bytes_moved,
         ev.MembersChanged: _on_members,
         ev.Started: _on_started,
         ev.CatalogDiffers: _on_catalog_differs,

@@ -27,6 +27,9 @@ class CoreSettings:
     max_inflight_bytes_per_peer: int = 32 * MiB
     memory_budget: int = 128 * MiB  # stripe buffers held by the shell for this node's ops
     commit_timeout: float = REQUEST_TIMEOUT  # per manifest / catalog request during commit
+    # status: a peer that has not answered by then is reported as not asked (core/status.py),
+    # so one frozen member costs the user this, not request_timeout.
+    status_timeout: float = 2.0
     # Garbage collection (config ``gc:``) and retention (config ``retention:``), core/collector.py.
     gc_interval: float = 60.0  # seconds between GC passes on each node
     gc_lease_seconds: float = 120.0  # a piece stored or renewed for a put stays this long
@@ -38,6 +41,7 @@ class CoreSettings:
     # Repair after node loss (config ``repair:``), core/repairer.py.
     repair_grace_seconds: float = 600.0  # a member away this long has its pieces re-created
     repair_max_bytes_per_second: int = 32 * MiB  # repair's writes per node; 0: unlimited
+    repair_rebalance: bool = True  # drop surplus copies and even out the nodes' shares
 
     # The fields the config's ``transfer:`` section sets, under the same names.
     TRANSFER_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -56,6 +60,7 @@ class CoreSettings:
     }
     REPAIR_FIELDS: ClassVar[dict[str, str]] = {
         "repair_grace_seconds": "grace_seconds", "repair_max_bytes_per_second": "max_bytes_per_second",
+        "repair_rebalance": "rebalance",
     }
 
     @classmethod

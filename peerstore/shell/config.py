@@ -40,6 +40,7 @@ MAX_SEEDS = 256
 MAX_WATCH_PATHS = 64
 CLUSTER_KEY_BYTES = 32
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 FILE_KEY = "<file>"
 TOP_KEY = "<top level>"
 
@@ -64,6 +65,7 @@ class RepairSettings:
 
     grace_seconds: float = CoreSettings.repair_grace_seconds
     max_bytes_per_second: int = CoreSettings.repair_max_bytes_per_second
+    rebalance: bool = CoreSettings.repair_rebalance
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,17 @@ class ScrubSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """Where the daemon logs (peerstore/shell/logs.py): stderr (file None) or a file rotated
+    at max_bytes keeping ``backups`` older ones; ``text`` or ``json`` lines."""
+
+    file: Path | None = None
+    format: str = "text"
+    max_bytes: int = 10 * MiB
+    backups: int = 5
+
+
+@dataclass(frozen=True)
 class Config:
     """One node's settings. ``source`` names the file they came from, for messages."""
 
@@ -134,6 +147,7 @@ class Config:
     retention: RetentionSettings = RetentionSettings()
     watch: WatchSettings = WatchSettings()
     scrub: ScrubSettings = ScrubSettings()
+    log: LogSettings = LogSettings()
 
 
 # ---------------------------------------------------------------------------------------
@@ -409,6 +423,7 @@ _TRANSFER_KEYS: dict[str, Checker] = {
 _REPAIR_KEYS: dict[str, Checker] = {
     "grace_seconds": _seconds(0, 30 * 86400),
     "max_bytes_per_second": _size(0, 64 * GiB),
+    "rebalance": _boolean,
 }
 
 
@@ -467,10 +482,17 @@ _SCRUB_KEYS: dict[str, Checker] = {
     "max_bytes_per_second": _size(64 * KiB, 64 * GiB),
 }
 
+_LOG_KEYS: dict[str, Checker] = {
+    "file": _optional(_path_checker(None)),  # relative: resolved against the config's directory below
+    "format": _choice(LOG_FORMATS),
+    "max_bytes": _size(1 * KiB, 1 * GiB),
+    "backups": _integer(1, 100),
+}
+
 _LISTEN_KEYS: dict[str, Checker] = {"host": _host, "port": _integer(1, 65535)}
 _METRICS_KEYS: dict[str, Checker] = {"host": _host, "port": _integer(0, 65535)}
 
-_SECTIONS = ("listen", "metrics", "policy", "gossip", "transfer", "repair", "gc", "retention", "watch", "scrub")
+_SECTIONS = ("listen", "metrics", "policy", "gossip", "transfer", "repair", "gc", "retention", "watch", "scrub", "log")
 _SCALARS: dict[str, Checker] = {
     "advertise_host": _optional(_host),
     "node_name": _optional(_text(64)),
@@ -570,6 +592,9 @@ def config_from_mapping(data: Any, source: str, base_dir: Path | None = None) ->
     watch = WatchSettings(**reader.section(data.get("watch"), "watch", _watch_keys(base_dir)))
     _check_watch(reader, watch, base["data_dir"])
     scrub = ScrubSettings(**reader.section(data.get("scrub"), "scrub", _SCRUB_KEYS))
+    log = LogSettings(**reader.section(data.get("log"), "log", _LOG_KEYS))
+    if log.file is not None and base_dir is not None and not log.file.is_absolute():
+        log = dataclasses.replace(log, file=base_dir / log.file)
 
     return Config(
         source=source,
@@ -584,6 +609,7 @@ def config_from_mapping(data: Any, source: str, base_dir: Path | None = None) ->
         retention=retention,
         watch=watch,
         scrub=scrub,
+        log=log,
     )
 
 
@@ -708,6 +734,7 @@ def render_config(**overrides: Any) -> str:
         request_timeout=y(t.request_timeout), connect_timeout=y(t.connect_timeout),
         retries=t.retries, backoff_base=y(t.backoff_base), backoff_max=y(t.backoff_max),
         grace_seconds=y(r.grace_seconds), repair_max_bytes_per_second=y(format_size(r.max_bytes_per_second)),
+        rebalance=y(r.rebalance),
         gc_interval_seconds=y(GcSettings().interval_seconds), gc_lease_seconds=y(GcSettings().lease_seconds),
         gc_margin_seconds=y(GcSettings().margin_seconds), keep_last=y(RetentionSettings().keep_last),
         watch_paths=y([str(x) for x in w.paths]), settle_seconds=y(w.settle_seconds),
@@ -715,6 +742,8 @@ def render_config(**overrides: Any) -> str:
         name_template=y(w.name_template), include=y(list(w.include)), exclude=y(list(w.exclude)),
         scrub_period=y(ScrubSettings().period),
         scrub_max_bytes_per_second=y(format_size(ScrubSettings().max_bytes_per_second)),
+        log_file=y(LogSettings().file), log_format=y(LogSettings().format),
+        log_max_bytes=y(format_size(LogSettings().max_bytes)), log_backups=y(LogSettings().backups),
     )
     # Validate now so a bad override fails at `peerstore init`, not at the first `peerstore node`.
     config_from_mapping(yaml.load(text, Loader=_StrictLoader), "<rendered config>")
@@ -781,6 +810,19 @@ mdns: {mdns}
 # How much the daemon logs: debug, info, warning or error.
 log_level: {log_level}
 
+# Where the daemon logs (docs/observability.md, "Logs"). `peerstore node --log-format
+# --log-file` override these (the service `peerstore service install` sets up logs json).
+log:
+  # A file to log to instead of stderr, rotated by size; null logs to stderr (the journal
+  # under systemd). Relative paths are relative to this file.
+  file: {log_file}
+  # text (HH:MM:SS LEVEL logger: message) or json (one object per line, for Promtail).
+  format: {log_format}
+  # Size at which the file is rotated (file.1, file.2, ...), 1KiB to 1GiB.
+  max_bytes: {log_max_bytes}
+  # Rotated files kept beside the current one, 1 to 100; older ones are deleted.
+  backups: {log_backups}
+
 # How a checkpoint is cut up and spread. Stored checkpoints keep the policy they were
 # stored under; a change applies to new puts.
 policy:
@@ -825,11 +867,13 @@ gossip:
 
 # Moving pieces between nodes.
 transfer:
-  # Bytes sent to one peer and not yet acknowledged; at least policy.shard_size.
+  # Most bytes sent to one peer and not yet acknowledged (about 2 s of the measured
+  # link rate are kept in flight, at least two shards); at least policy.shard_size.
   max_inflight_bytes_per_peer: {max_inflight_bytes_per_peer}
   # Buffer memory this node uses for all transfers together; at least the line above.
   memory_budget: {memory_budget}
-  # Seconds to wait for an answer before trying another node.
+  # Seconds a peer may stay silent (no bytes moving to or from it) before a request to
+  # it is given up and another node is tried; time queued behind other transfers is not counted.
   request_timeout: {request_timeout}
   # Seconds to wait for a TCP connection.
   connect_timeout: {connect_timeout}
@@ -848,6 +892,9 @@ repair:
   grace_seconds: {grace_seconds}
   # Bytes per second this node's repair writes at most; 0 means unlimited.
   max_bytes_per_second: {repair_max_bytes_per_second}
+  # Drop surplus copies (a node came back after its pieces were re-created elsewhere) and
+  # move copies onto new or emptier nodes until every node holds about its fair share.
+  rebalance: {rebalance}
 
 # Garbage collection (docs/self-healing.md): every node deletes the pieces that no live
 # version needs any more (after `peerstore rm`, retention, or a failed put), so rm frees

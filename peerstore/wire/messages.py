@@ -45,11 +45,13 @@ class Message:
 
 @dataclass(frozen=True)
 class StorePiece(Message):
-    """Please store this piece durably; its bytes follow as the payload."""
+    """Please store this piece durably; its bytes follow as the payload. ``background``:
+    sent by repair or rebalance (the receiver's own repair need not yield to it)."""
 
     TYPE = "store_piece"
     piece_id: bytes
     size: int
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,11 @@ class CatalogState(Message):
 
 @dataclass(frozen=True)
 class FetchPiece(Message):
+    """Send me this piece. ``background``: asked by repair or rebalance, not for a get."""
+
     TYPE = "fetch_piece"
     piece_id: bytes
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,26 @@ class RenewLease(Message):
     TYPE = "renew_lease"
     piece_ids: tuple[bytes, ...]
     seconds: int
+
+
+@dataclass(frozen=True)
+class DropPieces(Message):
+    """Rebalance: your copies of these pieces are surplus (the sender, the pieces' owner,
+    has verified enough other copies); delete those not leased to a running put nor being
+    stored. Answered by PiecesDropped. At most MAX_QUERY_IDS ids. ``dry_run``: delete
+    nothing, answer which copies would be dropped now (asked before a move copies a piece)."""
+
+    TYPE = "drop_pieces"
+    piece_ids: tuple[bytes, ...]
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class PiecesDropped(Message):
+    """Reply to DropPieces: one bit per piece in order, set when this node dropped its copy."""
+
+    TYPE = "pieces_dropped"
+    dropped: bytes
 
 
 # Integrity: verify re-reads, and each node's report about itself ------------------------
@@ -209,13 +234,13 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         StorePiece, PieceStored, StoreManifest, ManifestStored, CatalogUpdate, CatalogAck,
         SyncCatalog, CatalogState,
         FetchPiece, PieceData, FetchManifest, ManifestData, QueryPieces, PiecesHeld,
-        RenewLease, VerifyPieces, PiecesVerified, ReportNode, NodeReport,
+        RenewLease, VerifyPieces, PiecesVerified, ReportNode, NodeReport, DropPieces, PiecesDropped,
     )
 }
 
 REPLY_TYPES = frozenset(
     {PieceStored, ManifestStored, CatalogAck, CatalogState, PieceData, ManifestData, PiecesHeld,
-     PiecesVerified, NodeReport}
+     PiecesVerified, NodeReport, PiecesDropped}
 )
 MAX_QUERY_IDS = 1024  # 34 bytes each in msgpack: well inside the 64 KiB header limit
 

@@ -22,13 +22,16 @@ from peerstore.errors import CodecError
 from peerstore.shell.daemon.buffers import Buffers
 from peerstore.shell.daemon.metrics import Metrics
 from peerstore.shell.daemon.reading import StripeReader
-from peerstore.shell.daemon.sources import ClientStream, LocalFiles
+from peerstore.shell.daemon.sources import ClientStream, LocalFiles, SourceError
 from peerstore.shell.wirestream import Frame, PeerClosed, WireStream
 from peerstore.wire import client_protocol as cp
 
 log = logging.getLogger("peerstore.shell.client")
 
 KEEP_ALIVE = 5.0  # seconds of silence before a progress frame is sent anyway
+LOCAL_ONLY = ("this node reads local files (local_root) only for a client of its own user on its Unix "
+              "socket (<data_dir>/run/client.sock); stream the files instead: peerstore put --stream "
+              "(a current CLI falls back to streaming by itself)")
 ENDED = (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -45,9 +48,18 @@ class SessionHost(Protocol):
     async def deliver(self, session: ClientSession, effect: ev.DeliverStripe) -> None: ...
 
 
+class LocalRootRefused(Exception):
+    """A put named a local path on a connection that may not (see ``ClientSession``)."""
+
+
 class ClientSession:
-    def __init__(self, daemon: SessionHost, token: int, wire: WireStream):
+    """``local_paths``: the client is on the Unix socket and runs as the node's user, so a
+    put may name files for the node to read (``local_root``); otherwise such a put is
+    refused before it starts, and the client streams instead."""
+
+    def __init__(self, daemon: SessionHost, token: int, wire: WireStream, *, local_paths: bool = False):
         self.daemon = daemon
+        self.local_paths = local_paths
         self.token = token
         self.wire = wire
         self.out_send, self.out = trio.open_memory_channel[Any](math.inf)
@@ -68,9 +80,14 @@ class ClientSession:
     async def run(self, first: Frame) -> None:
         try:
             command = self._command(first.header)
-        except CodecError as err:
+        except (CodecError, SourceError, LocalRootRefused) as err:
+            reply = cp.failed(f"bad request: {err}")
+            if isinstance(err, LocalRootRefused):
+                log.info("refused a put naming local files: %s", err)
+                self.daemon.metrics.errors.labels("local_refused").inc()
+                reply = cp.local_refused(str(err))
             try:
-                await self.wire.send(cp.failed(f"bad request: {err}"))
+                await self.wire.send(reply)
             except ENDED:
                 pass
             return
@@ -102,6 +119,8 @@ class ClientSession:
             paths = [p for p, _, _ in files]
             source: LocalFiles | ClientStream
             if local_root is not None:
+                if not self.local_paths:
+                    raise LocalRootRefused(LOCAL_ONLY)
                 source = LocalFiles(Path(local_root), paths, single=not is_dir, sizes=[s for _, s, _ in files],
                                     expect=cp.parse_put_stats(header))
             else:
@@ -214,6 +233,7 @@ class ClientSession:
                 "nodes": [{"id": node, "report": report} for node, report in body.nodes],
                 "gc": gc_summary(body.nodes),
                 "read_only": read_only_nodes(body.nodes),
+                "unanswered": [{"id": node, "why": why} for node, why in body.unanswered],
                 **({"watch": watch} if (watch := self.daemon.watch_status()) is not None else {}),
             }))
         else:  # pragma: no cover - a new reply type without a wire form

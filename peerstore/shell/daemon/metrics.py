@@ -21,7 +21,7 @@ log = logging.getLogger("peerstore.metrics")
 # Label values that alerts watch (deploy/prometheus/alerts.yml) are exported at 0 from the
 # start: an alert on increase() cannot see a series' first sample, only later changes.
 ERROR_KINDS = ("send", "disk_full", "disk_io", "store", "corrupt_piece", "auth", "codec", "internal", "memory",
-               "handshake_dropped")
+               "handshake_dropped", "local_refused")
 ALERTED_OPERATIONS = ("put", "get")
 OPERATION_OUTCOMES = ("ok", "failed")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
@@ -134,6 +134,10 @@ def _repair_metrics(repair: dict[str, Any], core: dict[str, Any]):
         ("peerstore_repair_cluster_bytes_left",
          "Bytes every node's repair together still has to re-create (this node's last scan)", "cluster_bytes_left"),
         ("peerstore_repair_rate_bytes", "Bytes per second this node's repair stored recently", "rate"),
+        ("peerstore_rebalance_left", "Rebalance moves and surplus drops this node still has to carry out",
+         "rebalance_left"),
+        ("peerstore_rebalance_bytes_left", "Bytes this node's rebalance moves still have to copy",
+         "rebalance_bytes_left"),
     )
     for name, text, key in gauges:
         gauge = GaugeMetricFamily(name, text)
@@ -146,6 +150,16 @@ def _repair_metrics(repair: dict[str, Any], core: dict[str, Any]):
     done = CounterMetricFamily("peerstore_repair_bytes", "Bytes repair re-created on other nodes or here")
     done.add_metric([], core.get("repair_bytes", 0))
     yield done
+    counters = (
+        ("peerstore_rebalance_bytes_copied", "Bytes rebalance copied to emptier nodes (each old copy then dropped)",
+         "rebalance_bytes_copied"),
+        ("peerstore_rebalance_pieces_dropped", "Surplus piece copies this node dropped for rebalance",
+         "rebalance_pieces_dropped"),
+    )
+    for name, text, key in counters:
+        counter = CounterMetricFamily(name, text)
+        counter.add_metric([], core.get(key, 0))
+        yield counter
 
 
 def _scrub_metrics(scrub: dict[str, Any]):
@@ -238,9 +252,10 @@ class Metrics:
         self.snapshot = SnapshotCollector()
         self.registry.register(self.snapshot)
 
-    def serve(self, host: str, port: int) -> None:
-        """Start the HTTP endpoint in a daemon thread (port 0: disabled)."""
+    def serve(self, host: str, port: int, discovery: Any = None) -> None:
+        """Start the HTTP endpoint in a daemon thread (port 0: disabled); ``discovery``
+        returns the http_sd target list served on /discovery (metrics_http.py)."""
         if port:
             # Bounded: idle connections time out and at most a few are served at once.
-            self.server = serve_metrics(self.registry, host, port)
+            self.server = serve_metrics(self.registry, host, port, discovery=discovery)
             log.info("metrics on http://%s:%d/metrics", host, port)

@@ -15,6 +15,7 @@ import socket
 import time
 from collections import Counter
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import blake3
@@ -22,12 +23,15 @@ import trio
 
 from peerstore.shell.config import Config
 from peerstore.core import events as ev
+from peerstore.core.messenger import PROGRESS_INTERVAL
 from peerstore.core.node import NodeCore
 from peerstore.core.settings import CoreSettings
 from peerstore.shell.daemon.admission import HandshakeGate, LogLimiter
 from peerstore.shell.daemon.buffers import Buffers, PayloadBudget
 from peerstore.shell.daemon.clients import ClientSession
 from peerstore.shell.daemon.gossip import GossipRunner
+from peerstore.shell.daemon.local_socket import serve_local_clients
+from peerstore.shell.daemon.discovery import advertised_meta
 from peerstore.shell.daemon.metrics import Metrics
 from peerstore.shell.daemon.peers import DIAL_ERRORS, Peers
 from peerstore.shell.daemon.watching import watcher_for
@@ -42,10 +46,11 @@ from peerstore.core.snapshots import restore_catalog, restore_counters
 from peerstore.ec.rebuild import rebuild_pieces
 from peerstore.model.catalog import Catalog
 from peerstore.shell.netaddr import detect_address
+from peerstore.shell.peercred import same_user
 from peerstore.shell.store import MetaStore, PieceStore
 from peerstore.wire import client_protocol as cp
 from peerstore.wire import messages as msg
-from peerstore.shell.wirestream import Frame, PeerClosed, WireStream, tune_socket
+from peerstore.shell.wirestream import Frame, PeerClosed, PeerSilent, WireStream, tune_socket
 
 log = logging.getLogger("peerstore.node")
 
@@ -83,6 +88,7 @@ class Daemon:
         self.peers = Peers(
             node_id=self.node_id, cluster_key=config.cluster_key,
             connect_timeout=config.transfer.connect_timeout, on_connection=self._receive_from_peer,
+            stall=config.transfer.request_timeout,
         )
         self.membership: GossipRunner | None = None
         self.mdns: Any = None
@@ -92,6 +98,7 @@ class Daemon:
         self.read_only_warnings = LogLimiter(AUTH_WARNING_INTERVAL)  # every write fails alike
         self.nursery: trio.Nursery | None = None
         self.listen_port: int | None = None
+        self.local_socket: Path | None = None  # the Unix socket for clients of our own user
         self.started = trio.Event()
         self._next_session = 0
         self.watcher = watcher_for(config, self)  # None without watch.paths
@@ -132,11 +139,14 @@ class Daemon:
                 partial(trio.serve_tcp, self._accept, self.config.listen_port, host=self.config.listen_host)
             )
             self.listen_port = listeners[0].socket.getsockname()[1]
+            self.local_socket = await nursery.start(serve_local_clients, self.config.data_dir, self._accept_local)
             await nursery.start(self.peers.run)
             self.advertise_host = self.config.advertise_host or detect_address(self.config.listen_host)
             self.membership = GossipRunner(
                 self, settings=self.config.gossip, bind_host=self.config.listen_host,
                 addr=(self.advertise_host, self.listen_port), seeds=list(self.config.seeds),
+                meta=advertised_meta(self.config.node_name or socket.gethostname(),
+                                     self.config.metrics_host, self.config.metrics_port),
             )
             await nursery.start(self.membership.run)
             if self.config.mdns:
@@ -145,10 +155,12 @@ class Daemon:
                 nursery.start_soon(self._follow_address)
             self.feed(ev.Started())  # as the simulator does: catch up with whoever is known
             nursery.start_soon(self._core_loop)
+            nursery.start_soon(self._report_progress)
             nursery.start_soon(self._refresh_metrics)
             if self.watcher is not None:
                 nursery.start_soon(self._run_watcher)
-            self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            self.metrics.serve(self.config.metrics_host, self.config.metrics_port,
+                               discovery=lambda: self.membership.discovery if self.membership else [])
             log.info(
                 "node %s (boot %d) listening on %s:%d, data in %s, %d pieces held",
                 self.node_id, self.boot_epoch, self.config.listen_host, self.listen_port,
@@ -193,6 +205,15 @@ class Daemon:
             if self.membership is not None:
                 self.membership.publish_catalog()
 
+    async def _report_progress(self) -> None:
+        """Tell the core which peers bytes moved to or from: its requests time out on a
+        peer's silence, not on our own send queue (the simulator reports the same way)."""
+        while True:
+            await trio.sleep(PROGRESS_INTERVAL)
+            moved = self.peers.moved()
+            if moved:
+                self.feed(ev.BytesMoved(moved))
+
     async def _run_mdns(self) -> None:
         """Advertise ourselves on the LAN and seed membership with the nodes we find."""
         from peerstore.shell.daemon.mdns import Mdns
@@ -233,6 +254,8 @@ class Daemon:
             for handle in effect.handles:
                 self.buffers.release(handle)
         elif kind in (ev.EncodeStripe, ev.FinishFileRead, ev.DeliverStripe, ev.Reply):
+            if kind is ev.Reply and effect.final and isinstance(effect.body, ev.Failed):
+                log.warning("%s", effect.body.reason)
             session = self.sessions.get(effect.client)
             if session is not None:
                 session.enqueue(effect)
@@ -257,7 +280,7 @@ class Daemon:
         started = trio.current_time()
         try:
             wire = await self.peers.connection(effect.peer)
-            with trio.fail_after(self.config.transfer.request_timeout):
+            with wire.unless_silent():  # queued behind other frames is fine while bytes flow
                 if piece_file is not None:
                     await wire.send_file(header, piece_file[0], piece_file[1], payload_hash)
                     payload = piece_file  # counted below
@@ -268,7 +291,7 @@ class Daemon:
                 self.buffers.give_back(effect.payload)
             self.metrics.errors.labels("send").inc()
             log.debug("sending %s to %s failed: %s", message.TYPE, effect.peer, err)
-            if isinstance(err, trio.TooSlowError) and effect.peer in self.peers.conns:
+            if isinstance(err, PeerSilent) and effect.peer in self.peers.conns:
                 await self.peers.drop(effect.peer, self.peers.conns[effect.peer])
             if is_request:
                 self.feed(ev.PeerUnreachable(effect.peer, message.req))
@@ -499,19 +522,24 @@ class Daemon:
 
     # -- connections ---------------------------------------------------------------------
 
-    async def _accept(self, stream: trio.SocketStream) -> None:
+    async def _accept_local(self, stream: trio.SocketStream) -> None:
+        """A connection to the Unix client socket (local_socket.py)."""
+        await self._accept(stream, local=True)
+
+    async def _accept(self, stream: trio.SocketStream, local: bool = False) -> None:
         """One incoming connection. A bug in serving it is logged and ends only it:
         an exception escaping here would stop the whole listener."""
         try:
-            await self._serve_connection(stream)
+            await self._serve_connection(stream, local)
         except Exception:
             log.exception("error while serving a connection from %s", _remote(stream))
             self.metrics.errors.labels("internal").inc()
             with trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        tune_socket(stream)
+    async def _serve_connection(self, stream: trio.SocketStream, local: bool = False) -> None:
+        if not local:
+            tune_socket(stream)
         wire = WireStream(stream, role="server", cluster_key=self.config.cluster_key, node_id=self.node_id)
         peer = None
         # Pending handshakes are capped in total and per address (admission.py): a flood of
@@ -548,7 +576,10 @@ class Daemon:
         if first.header.get("t") in cp.REQUESTS:
             if first.payload is not None:  # a request's header is all a session reads of it
                 self.payloads.release(len(first.payload))
-            await self._serve_client(wire, first)
+            # Only a client of our own user on the Unix socket may have us read its files.
+            await self._serve_client(wire, first, local_paths=local and same_user(stream.socket))
+        elif local:
+            await wire.aclose()  # nodes talk over TCP; the Unix socket is for clients
         else:
             await self.peers.serve(wire, first)
 
@@ -600,8 +631,8 @@ class Daemon:
                     self.payloads.release(charged)
             self.feed(ev.MessageReceived(peer, message, handle))
 
-    async def _serve_client(self, wire: WireStream, first: Frame) -> None:
-        session = ClientSession(self, self.new_session_token(), wire)
+    async def _serve_client(self, wire: WireStream, first: Frame, local_paths: bool = False) -> None:
+        session = ClientSession(self, self.new_session_token(), wire, local_paths=local_paths)
         self.sessions[session.token] = session
         try:
             await session.run(first)
@@ -655,6 +686,8 @@ def _peer_address(wire: WireStream) -> tuple[str, int]:
 
 
 def _remote(stream: trio.SocketStream) -> str:
+    if stream.socket.family == socket.AF_UNIX:
+        return "local:"  # "local" for the per-address handshake cap
     try:
         host, port = stream.socket.getpeername()[:2]
         return f"{host}:{port}"
