@@ -33,6 +33,11 @@ REQUEST_ID_BITS_PER_BOOT = 32
 PROGRESS_INTERVAL = 0.5  # seconds between two ev.BytesMoved reports of a shell (both shells)
 WINDOW_SECONDS = 2.0  # queue depth per peer aimed at, in seconds of its measured rate
 RATE_MEMORY = 5.0  # seconds of busy time the rate estimate remembers
+# A peer that keeps moving other bytes (its own requests, other replies) but never answers
+# one request must not hold it forever: it fails at the latest this many request_timeouts
+# after it was made, or after its payload at MIN_PAYLOAD_RATE, whichever is longer.
+MAX_PATIENCE = 12
+MIN_PAYLOAD_RATE = 1 << 20  # bytes per second
 MiB = 1 << 20
 
 
@@ -181,7 +186,8 @@ class Messenger:
         """When ``pending`` times out if nothing more moves."""
         if pending.patience is None:
             return pending.deadline
-        return max(pending.deadline, self.progress_at.get(pending.peer, pending.started) + pending.patience)
+        latest = pending.started + max(MAX_PATIENCE * pending.patience, pending.inflight_bytes / MIN_PAYLOAD_RATE)
+        return min(latest, max(pending.deadline, self.progress_at.get(pending.peer, pending.started) + pending.patience))
 
     def expire(self, now: float) -> None:
         """Fail every request whose deadline passed."""
@@ -200,6 +206,9 @@ class Messenger:
             return (f"node {pending.peer} did not answer within {now - pending.started:.1f} s "
                     f"({outstanding})")
         quiet = now - max(pending.started, self.progress_at.get(pending.peer, pending.started))
+        if quiet < pending.patience:
+            return (f"node {pending.peer} did not answer within {now - pending.started:.1f} s although bytes "
+                    f"kept moving to and from it ({outstanding})")
         return (f"node {pending.peer} went silent: nothing moved to or from it for {quiet:.1f} s "
                 f"({outstanding}; the request waited {now - pending.started:.1f} s)")
 

@@ -73,6 +73,7 @@ class Transfer:
     attempts: int = 0
     retry_at: float = 0.0
     in_flight: bool = False
+    waiting_room: bool = False  # due, but its target's window is full
 
 
 @dataclass
@@ -86,6 +87,9 @@ class EncodedStripe:
     @property
     def done(self) -> bool:
         return all(slot.acked for slot in self.slots)
+
+
+ROOM_POLL = 0.05  # seconds between looks at a full per-peer window (see _pump)
 
 
 class PutOperation(Operation):
@@ -259,14 +263,18 @@ class PutOperation(Operation):
         if self.finished or self.phase is not Phase.TRANSFER:
             return
         for transfer in list(self.unfinished.values()):
-            if transfer.in_flight or transfer.retry_at > now:
+            if transfer.in_flight or (transfer.retry_at > now and not transfer.waiting_room):
                 continue
+            transfer.waiting_room = False
             if transfer.target == self.node.node_id:
                 self._store_locally(transfer)
             elif self.node.can_send(transfer.target, transfer.size):
                 self._send(now, transfer)
             else:
-                transfer.retry_at = 0.0  # due, waiting for room: an answer frees it (NodeCore.handle)
+                # Waiting for room: an answer frees it (NodeCore.handle ticks the operations),
+                # and a look every ROOM_POLL seconds makes sure no lost wake-up can stall the put.
+                transfer.retry_at = now + ROOM_POLL
+                transfer.waiting_room = True
         self._read_more()
         self._maybe_commit(now)
 
@@ -361,6 +369,10 @@ class PutOperation(Operation):
             slot.target = wanted[slot.position].pop(0)
             slot.acked = False
             self._attach(number, stripe, slot)
+        # A moved slot may be acknowledged at once (its new target already holds the same
+        # bytes: a k = 1 tail stripe's parity is a copy of its data): nothing else would
+        # notice that the stripe is now complete.
+        self._stripe_progress(number)
         return True
 
     def _stripe_progress(self, number: int) -> None:

@@ -117,3 +117,19 @@ def test_a_progress_report_is_an_input_of_the_node_core():
     core = NodeCore(ME, CoreSettings(), random.Random(1), alive=frozenset({ME, PEER}))
     assert core.handle(3.0, ev.BytesMoved(frozenset({PEER}))) == []
     assert core.progress_at[PEER] == 3.0
+
+
+
+def test_a_peer_that_keeps_moving_bytes_but_never_answers_still_times_out():
+    """Other traffic extends a request, but only up to MAX_PATIENCE request timeouts: a
+    peer that chats on and never answers this one cannot hold it (and its put) forever."""
+    from peerstore.core.messenger import MAX_PATIENCE
+
+    m = messenger()
+    _, failures = ask(m, 0.0)
+    limit = MAX_PATIENCE * TIMEOUT
+    run_until(m, 0.0, limit - PROGRESS_INTERVAL, {PEER})
+    assert failures == []
+    run_until(m, limit - PROGRESS_INTERVAL, limit + 1, {PEER})
+    assert failures == [(limit, "timeout")]
+    assert "kept moving" in m.failure_detail(PEER, "timeout")

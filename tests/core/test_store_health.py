@@ -43,3 +43,42 @@ def test_a_read_only_node_refuses_pieces_reports_it_and_probes_until_writable():
     assert len(probes) == 2 and driver.core(broken).store_health.writable
     again = driver.result(driver.put(broken, "run/b", {"m": b"x" * 100}))
     assert again.ok, again.final
+
+
+def test_a_put_whose_tail_stripe_is_replanned_onto_nodes_holding_its_piece_completes():
+    """A k = 1 tail stripe stores one piece three times (its parity is a copy of its data).
+    When the refusal of one slot arrives after every other copy was acknowledged, the slot
+    is re-placed onto a node that already holds that piece and acknowledged at once: the
+    stripe must still count as complete (a put hung forever here on real processes)."""
+    from peerstore.wire import messages as msg
+
+    for seed in range(6):
+        driver = CoreDriver(3, seed=seed)
+        coordinator, broken = driver.ids[0], driver.ids[seed % 2 + 1]
+        driver.feed(broken, ev.StoreHealthChanged(False, "writing /data/tmp/x failed: [Errno 30 EROFS]"))
+        driver.run()
+        held_once: set[int] = set()
+
+        def first_refusals(node: str, e: object) -> bool:
+            """The broken node's refusals, each held once (released ones pass)."""
+            if node != broken or not isinstance(e, ev.Send) or not isinstance(e.message, msg.PieceStored):
+                return False
+            if id(e) in held_once:
+                return False
+            held_once.add(id(e))
+            return True
+
+        driver.hold(first_refusals, count=1000)
+        data = bytes(range(256)) * (4 * SHARD // 256) + b"tail" * 108  # 4 shards + a 432-byte tail
+        client = driver.put(coordinator, f"run/t{seed}", {"m": data})
+        driver.run()
+        assert driver.held, "the broken node was sent no piece"
+        for _ in range(20):  # refusals of re-sent pieces are held too: hand them on each round
+            if not driver.held:
+                break
+            driver.release()
+            driver.run()
+        put = driver.result(client)
+        assert put.ok, (seed, put.final)
+        got = driver.result(driver.get(coordinator, f"run/t{seed}"))
+        assert got.ok and got.files()["m"] == data
