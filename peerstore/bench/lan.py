@@ -103,7 +103,8 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process ``pid`` still there (a namespace's creator, say)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -119,7 +120,7 @@ def cleanup_leftovers() -> list[str]:
     for line in run("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
         match = _FAMILY_RE.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             run("ip", "netns", "del", name, check=False)
             removed.append(name)
     return removed
@@ -279,15 +280,8 @@ class LanCluster(ProcCluster):
 
     lan: Lan | None = None
 
-    def __post_init__(self) -> None:
-        assert self.lan is not None
-        self.root.mkdir(parents=True, exist_ok=True)
-        for i in range(self.size):
-            node = NodeProc(i, self.root / f"node-{i}", PORT, PORT + 1)
-            node.root.mkdir(exist_ok=True)
-            self.nodes.append(node)
-        for node in self.nodes:
-            self.write_config(node)
+    def ports(self, i: int) -> tuple[int, int]:
+        return PORT, PORT + 1  # every node has its own namespace
 
     def write_config(self, node: NodeProc, **override: Any) -> None:
         config = {
@@ -302,24 +296,6 @@ class LanCluster(ProcCluster):
     def prefix(self, i: int) -> list[str]:
         assert self.lan is not None
         return self.lan.exec_prefix(i)
-
-    def start(self, i: int) -> None:
-        node = self.nodes[i]
-        node.log_handle = open(node.log_path, "ab")
-        node.proc = subprocess.Popen(
-            [*self.prefix(i), sys.executable, "-m", "peerstore", "node", "--config", str(node.config_path)],
-            stdout=node.log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-    def cli(self, *args: str, via: int = 0, timeout: float = 300.0, check: bool = False) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [*self.prefix(via), sys.executable, "-m", "peerstore", "--config", str(self.nodes[via].config_path),
-             "--quiet", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        if check and result.returncode != 0:
-            raise AssertionError(f"peerstore {' '.join(args)} exited {result.returncode}: {result.stderr}\n"
-                                 f"{self.log_tails()}")
-        return result
 
     def metrics(self, i: int) -> str:
         """Node ``i``'s Prometheus text (its metrics port is inside its namespace)."""

@@ -117,11 +117,20 @@ class ProcCluster:
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         for i in range(self.size):
-            node = NodeProc(i, self.root / f"node-{i}", free_port(), free_port())
+            node = NodeProc(i, self.root / f"node-{i}", *self.ports(i))
             node.root.mkdir(exist_ok=True)
             self.nodes.append(node)
         for node in self.nodes:
             self.write_config(node)
+
+    def ports(self, i: int) -> tuple[int, int]:
+        """Node ``i``'s (gossip/client port, metrics port)."""
+        return free_port(), free_port()
+
+    def prefix(self, i: int) -> list[str]:
+        """What node ``i``'s processes (and CLI calls via it) run under: nothing here; a
+        network namespace in the LAN bench."""
+        return []
 
     def write_config(self, node: NodeProc, **override: Any) -> None:
         config = {
@@ -145,7 +154,7 @@ class ProcCluster:
         node = self.nodes[i]
         node.log_handle = open(node.log_path, "ab")
         node.proc = subprocess.Popen(
-            [sys.executable, "-m", "peerstore", "node", "--config", str(node.config_path)],
+            [*self.prefix(i), sys.executable, "-m", "peerstore", "node", "--config", str(node.config_path)],
             stdout=node.log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -208,7 +217,8 @@ class ProcCluster:
     def cli(self, *args: str, via: int = 0, timeout: float = 300.0, check: bool = False) -> subprocess.CompletedProcess:
         """Run the real ``peerstore`` CLI against node ``via``."""
         result = subprocess.run(
-            [sys.executable, "-m", "peerstore", "--config", str(self.nodes[via].config_path), "--quiet", *args],
+            [*self.prefix(via), sys.executable, "-m", "peerstore", "--config", str(self.nodes[via].config_path),
+             "--quiet", *args],
             capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         )
         if check and result.returncode != 0:

@@ -16,7 +16,7 @@ import pytest
 from peerstore.testing.procs import ProcCluster, wait_for
 from tests.processes.test_gc_processes import pieces_bytes
 from tests.processes.test_repair_processes import disk_tolerance, tolerances_now
-from tests.support.real_nodes import MiB, model, stored_manifest
+from tests.support.real_nodes import MiB, assert_gets_exact, model, put_each
 
 pytestmark = pytest.mark.procs
 
@@ -47,10 +47,7 @@ def test_a_sixth_node_gets_data_and_tolerance_reaches_3(tmp_path):
             "run1/step-2": model(tmp_path, 9 * MiB, seed=32),
             "run2/final": model(tmp_path, 8 * MiB + 3, seed=33),
         }
-        for name, path in sources.items():
-            done = c.cli("put", str(path), "--name", name, check=True, timeout=180)
-            assert "tolerance 2" in done.stdout, done.stdout
-        manifests = {name: stored_manifest(c, name) for name in sources}
+        manifests = put_each(c, sources, tolerance=2)
         five = set(range(5))
         assert all(disk_tolerance(c, m, five) == 2 for m in manifests.values())
 
@@ -87,11 +84,7 @@ def test_a_sixth_node_gets_data_and_tolerance_reaches_3(tmp_path):
         assert left(worst) >= 0
         for i in worst:
             c.kill(i)
-        for name, path in sources.items():
-            out = tmp_path / "out" / name.replace("/", "_")
-            got = c.cli("get", name, "--out", str(out), via=0, timeout=180)
-            assert got.returncode == 0, f"get {name} after three kills {worst}: {got.stderr}\n{c.log_tails()}"
-            assert out.read_bytes() == path.read_bytes()
+        assert_gets_exact(c, tmp_path / "out", sources, f"after three kills {worst}")
 
 
 def _counter(text: str | None, name: str) -> float:

@@ -18,7 +18,7 @@ import pytest
 from peerstore.model import placement
 from peerstore.model.manifest import Manifest
 from peerstore.testing.procs import ProcCluster, wait_for
-from tests.support.real_nodes import MiB, model, piece_path, stored_manifest
+from tests.support.real_nodes import MiB, assert_gets_exact, model, piece_path, put_each
 
 pytestmark = pytest.mark.procs
 
@@ -51,10 +51,7 @@ def test_kill9_and_wipe_one_node_then_repair_restores_tolerance_2_and_survives_t
             "run1/step-200": model(tmp_path, 14 * MiB, seed=22),
             "run2/final": model(tmp_path, 8 * MiB + 7, seed=23),
         }
-        for name, path in sources.items():
-            done = c.cli("put", str(path), "--name", name, check=True, timeout=180)
-            assert "tolerance 2" in done.stdout, done.stdout
-        manifests = {name: stored_manifest(c, name) for name in sources}
+        manifests = put_each(c, sources, tolerance=2)
 
         # Node 0 coordinates from now on. The victim holds a piece no other node holds (a parity
         # chunk), so the rebuild path must run, whatever placement the random node ids gave.
@@ -88,13 +85,7 @@ def test_kill9_and_wipe_one_node_then_repair_restores_tolerance_2_and_survives_t
         assert left(worst) >= 0
         for i in worst:
             c.kill(i)
-        for name, path in sources.items():
-            out = tmp_path / "out" / name.replace("/", "_")
-            got = c.cli("get", name, "--out", str(out), via=0, timeout=180)
-            assert got.returncode == 0, (
-                f"get {name} after repair and two more kills {worst} failed\nstdout: {got.stdout}\n"
-                f"stderr: {got.stderr}\n{c.log_tails()}")
-            assert out.read_bytes() == path.read_bytes()
+        assert_gets_exact(c, tmp_path / "out", sources, f"after repair and two more kills {worst}")
 
 
 def _holds_a_sole_copy(c: ProcCluster, node: int, manifests) -> bool:

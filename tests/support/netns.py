@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from peerstore.bench.lan import pid_alive
+
 FAMILY = "pstest"  # every namespace made here is named "pstest-<pid>-..."
 _FAMILY_RE = re.compile(rf"{FAMILY}-(\d+)-")
 MAX_HOSTS = 32
@@ -71,22 +73,12 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_leftovers() -> list[str]:
     """Delete namespaces of this family whose creating process is gone; returns their names."""
     removed = []
     for name in list_namespaces():
         match = _FAMILY_RE.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             run_ip("netns", "del", name, check=False)
             removed.append(name)
     return removed

@@ -47,3 +47,21 @@ def stripe_slots(manifest: Manifest) -> list[list[tuple[str, int, bytes]]]:
 def piece_path(c: ProcCluster, i: int, pid: bytes) -> Path:
     """Where node ``i`` keeps piece ``pid`` (the file may not exist)."""
     return c.nodes[i].data_dir / "pieces" / pid.hex()[:2] / pid.hex()
+
+
+def put_each(c: ProcCluster, sources: dict[str, Path], tolerance: int) -> dict[str, Manifest]:
+    """Put every source under its name through node 0; each must report ``tolerance``."""
+    for name, path in sources.items():
+        done = c.cli("put", str(path), "--name", name, check=True, timeout=180)
+        assert f"tolerance {tolerance}" in done.stdout, done.stdout
+    return {name: stored_manifest(c, name) for name in sources}
+
+
+def assert_gets_exact(c: ProcCluster, out_dir: Path, sources: dict[str, Path], why: str) -> None:
+    """Every source comes back byte-identical through node 0."""
+    for name, path in sources.items():
+        out = out_dir / name.replace("/", "_")
+        got = c.cli("get", name, "--out", str(out), via=0, timeout=180)
+        assert got.returncode == 0, (f"get {name} {why} failed\nstdout: {got.stdout}\n"
+                                     f"stderr: {got.stderr}\n{c.log_tails()}")
+        assert out.read_bytes() == path.read_bytes()
