@@ -8,13 +8,16 @@ Layout under ``DATA/local`` (DATA defaults to ``./data``)::
     node-<i>/config.yaml node i: listens on 127.0.0.1:BASE+i, metrics on METRICS+i
                          (0 turns metrics off), mdns off, every other node as a seed
     node-<i>/store/      node i's data directory
-    node-<i>/node.log    node i's output (appended across runs)
+    node-<i>/node.log    node i's log, written by the node itself (config ``log.file``), rotated
+                         at LOCAL_LOG_MAX_BYTES into node.log.1 ... (LOCAL_LOG_BACKUPS kept)
+    node-<i>/stderr.log  what node i printed outside its log this run (why it could not start,
+                         a crash's traceback); rewritten on each start
 
 The supervisor starts each node as ``python -m peerstore node --config ...`` in its own
 session, so a Ctrl-C in the terminal reaches only the supervisor, which then stops the
 nodes in order: SIGTERM, and SIGKILL for any still running after ``stop_timeout``. A
-node that dies on its own is reported with the tail of its log; the others keep running
-(stopping a node is how you try out the cluster's fault tolerance).
+node that dies on its own is reported with the tail of its log and of its stderr.log; the
+others keep running (stopping a node is how you try out the cluster's fault tolerance).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ LOCAL_MEMORY_BUDGET = "64MiB"  # N nodes share one machine; the default is sized
 STARTUP_WAIT = 30.0  # seconds to wait for every node to accept connections before the banner
 STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 20
+LOCAL_LOG_MAX_BYTES = "4MiB"  # each node's node.log rotates here: at most (backups + 1) x this on disk
+LOCAL_LOG_BACKUPS = 3
 _POLL = 0.2
 
 
@@ -67,6 +72,10 @@ class LocalNode:
     @property
     def log_path(self) -> Path:
         return self.directory / "node.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.directory / "stderr.log"
 
     @property
     def address(self) -> str:
@@ -132,8 +141,20 @@ def node_config(node: LocalNode, nodes: list[LocalNode], key: str,
     text = _with_memory_budget(text, LOCAL_MEMORY_BUDGET)
     if overrides:
         header += "# With " + " ".join(f"--set {k}" for k, _ in overrides) + " applied.\n"
-        text = apply_overrides(text, overrides, base_dir=node.directory)
+    text = apply_overrides(text, [*_log_settings(overrides), *overrides], base_dir=node.directory)
     return header + text
+
+
+def _log_settings(overrides: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Each node logs to its own rotated node.log (relative: beside its config); ``--set``
+    may change the rotation or the format, not the file."""
+    for key, _ in overrides:
+        if key in ("log", "log.file"):
+            raise UsageError(f"--set {key}: peerstore local sets log.file per node (node I logs to "
+                             "DATA/local/node-I/node.log); set log.format, log.max_bytes or log.backups instead")
+    given = {key for key, _ in overrides}
+    ours = [("log.file", "node.log"), ("log.max_bytes", LOCAL_LOG_MAX_BYTES), ("log.backups", LOCAL_LOG_BACKUPS)]
+    return [(key, value) for key, value in ours if key not in given]
 
 
 def client_config(nodes: list[LocalNode], key: str) -> str:
@@ -183,13 +204,14 @@ def busy_ports(nodes: list[LocalNode]) -> list[str]:
     return busy
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 16 * 1024) -> str:
-    """The last ``lines`` lines of a log (reading at most ``max_bytes`` of it)."""
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 16 * 1024, start: int = 0) -> str:
+    """The last ``lines`` lines of a log (reading at most ``max_bytes`` of it), from byte
+    ``start`` on unless the file is shorter than that now (it rotated: all of it counts)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - max_bytes))
+            f.seek(max(start if start <= size else 0, size - max_bytes))
             data = f.read()
     except OSError as err:
         return f"(cannot read {path}: {err.strerror or err})"
@@ -205,6 +227,7 @@ class Supervisor:
         self.command = command or [sys.executable, "-m", "peerstore", "node", "--config"]
         self.procs: dict[int, subprocess.Popen] = {}
         self.reported: set[int] = set()
+        self.log_starts: dict[int, int] = {}  # node.log's size when each node started
         self.stop_signal: int | None = None
 
     def say(self, text: str) -> None:
@@ -213,12 +236,15 @@ class Supervisor:
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for node in self.nodes:
-            with open(node.log_path, "ab") as log:
-                log.write(f"\n=== peerstore local: starting {node.name} at {time.ctime()} ===\n".encode())
-                log.flush()
+            self.log_starts[node.index] = _size(node.log_path)
+            # The node writes node.log itself (rotated); stderr.log catches only what it prints
+            # outside its log (a config error, a crash), so a fresh one each start stays small.
+            with open(node.stderr_path, "wb") as stderr:
+                stderr.write(f"=== peerstore local: starting {node.name} at {time.ctime()} ===\n".encode())
+                stderr.flush()
                 self.procs[node.index] = subprocess.Popen(
                     [*self.command, str(node.config_path.resolve())],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, stdout=stderr, stderr=subprocess.STDOUT,
                     start_new_session=True, env=env,
                 )
 
@@ -234,9 +260,19 @@ class Supervisor:
                 running += 1
             elif node.index not in self.reported:
                 self.reported.add(node.index)
-                self.say(f"peerstore: {node.name} exited with code {code}; last lines of {node.log_path}:\n"
-                         + _indent(log_tail(node.log_path)))
+                self.say(f"peerstore: {node.name} exited with code {code}\n" + self.last_words(node))
         return running
+
+    def last_words(self, node: LocalNode) -> str:
+        """What the node logged since it started and what it printed outside its log."""
+        parts = []
+        logged = log_tail(node.log_path, start=self.log_starts.get(node.index, 0)) if node.log_path.exists() else ""
+        if logged.strip():
+            parts.append(f"  last lines of {node.log_path}:\n" + _indent(logged))
+        printed = [line for line in log_tail(node.stderr_path).splitlines() if not line.startswith("=== ")]
+        if printed or not parts:
+            parts.append(f"  {node.stderr_path}:\n" + _indent("\n".join(printed)))
+        return "\n".join(parts)
 
     def wait_listening(self, timeout: float) -> list[LocalNode]:
         """Wait until every running node accepts TCP connections; returns those that do."""
@@ -293,6 +329,13 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _indent(text: str) -> str:

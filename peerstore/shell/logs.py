@@ -4,8 +4,8 @@ Text is ``HH:MM:SS LEVEL logger: message`` on stderr (a file's lines carry the d
 tracebacks follow on their own lines. JSON is one object per line, ready for Promtail and
 ``jq``: ``ts`` (UTC, RFC 3339 with milliseconds), ``level``, ``logger``, ``msg``, the node's
 ``node_id`` and ``node_name`` once known, every field a call passes with ``extra=``
-(``log.info("stored", extra={"checkpoint": name, "peer": peer})``), and ``exc`` with the
-traceback. docs/observability.md ("Logs") says where the lines go under each service manager.
+(``log.info("stored", extra=fields("put_done", checkpoint=name, peer=peer))``), and ``exc``
+with the traceback. docs/observability.md ("Logs") says where the lines go under each service manager.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-STDERR_DATEFMT = "%H:%M:%S"  # the journal and `peerstore local`'s node.log add their own dates
+STDERR_DATEFMT = "%H:%M:%S"  # the journal adds its own dates
 FILE_DATEFMT = "%Y-%m-%d %H:%M:%S"
 MAX_FIELD_CHARS = 16 * 1024  # one field of a JSON line; the journal splits lines above 48 KiB
 MAX_EXTRA_FIELDS = 32
@@ -28,6 +28,25 @@ MAX_EXTRA_FIELDS = 32
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 _context: dict[str, str] = {}
+
+
+def fields(event: str, checkpoint: str | None = None, peer: str | None = None, **more: Any) -> dict[str, Any]:
+    """The ``extra=`` of a log call: ``event`` (a short snake_case name Promtail makes a label,
+    like ``put_done`` or ``peer_dead``), the ``checkpoint`` (``NAME`` or ``NAME@V``) and the
+    ``peer`` (a node id) it is about, and any other fields; None values are left out.
+
+    A key a LogRecord already has (``name``, ``msg``, ``args``, ...) would make the log call
+    raise, so it gets a trailing underscore (``name_``).
+    """
+    out: dict[str, Any] = {"event": event}
+    if checkpoint is not None:
+        out["checkpoint"] = checkpoint
+    if peer is not None:
+        out["peer"] = peer
+    for key, value in more.items():
+        if value is not None:
+            out[key + "_" if key in _RECORD_ATTRS else key] = value
+    return out
 
 
 def set_context(**fields: str | None) -> None:

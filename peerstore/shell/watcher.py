@@ -40,6 +40,7 @@ import trio
 from peerstore.errors import FormatError, PeerstoreError
 from peerstore.shell import watch_fs
 from peerstore.shell.durable import write_file_atomic
+from peerstore.shell.logs import fields
 from peerstore.watch.detect import unit_for
 from peerstore.watch.naming import Naming
 from peerstore.watch.pending import (
@@ -209,7 +210,8 @@ class Watcher:
                         await self._scan(root)
                     else:
                         log.warning("watch path %s does not exist or is not a directory; watching it once it "
-                                    "appears (checked every %g s)", root, self.settings.retry_seconds)
+                                    "appears (checked every %g s)", root, self.settings.retry_seconds,
+                                    extra=fields("watch_path_missing", path=root))
                 task_status.started()
                 report = await self._loop(receive, once, observer)
             finally:
@@ -243,7 +245,8 @@ class Watcher:
             now = trio.current_time()
             if self._lost:
                 self._lost = False
-                log.warning("file events were lost (too many at once); scanning the watched directories again")
+                log.warning("file events were lost (too many at once); scanning the watched directories again",
+                            extra=fields("watch_rescan"))
                 self._forget_unclosed()
                 for root in sorted(self.watching):
                     await self._scan(root)
@@ -270,7 +273,8 @@ class Watcher:
 
     # ---- the queue's effects
 
-    def _apply(self, effects: list[Effect]) -> None:
+    def _apply(self, effects: list[Effect], extra: dict[str, Any] | None = None) -> None:
+        """Carry out the queue's effects; ``extra``: the log fields of its Log lines."""
         assert self._nursery is not None
         for effect in effects:
             if isinstance(effect, Observe):
@@ -288,9 +292,10 @@ class Watcher:
             elif isinstance(effect, Drop):
                 if len(self._dropped) < 1000:
                     self._dropped.append(effect)
-                log.info("not storing %s: %s", os.path.join(effect.root, effect.unit), effect.reason)
+                log.info("not storing %s: %s", os.path.join(effect.root, effect.unit), effect.reason,
+                         extra=fields("watch_dropped", path=os.path.join(effect.root, effect.unit)))
             elif isinstance(effect, Log):
-                log.info("%s", effect.message)
+                log.info("%s", effect.message, extra=extra)
         scope = self._wait_scope
         if scope is not None:
             upcoming = self.queue.next_deadline()
@@ -313,7 +318,8 @@ class Watcher:
                     self.probe_writers,
                 )
             except Exception:  # a bug: left unanswered, the queue asks again after observe_timeout
-                log.exception("observing %s failed", os.path.join(effect.root, effect.unit))
+                log.exception("observing %s failed", os.path.join(effect.root, effect.unit),
+                              extra=fields("watch_error", path=os.path.join(effect.root, effect.unit)))
                 return
             now = trio.current_time()
             self._observed[(effect.root, effect.unit)] = started
@@ -333,7 +339,8 @@ class Watcher:
                 outcome = await trio.to_thread.run_sync(
                     watch_fs.hash_files, Path(effect.root), effect.files, lambda: self._stopping)
             except Exception as err:
-                log.exception("hashing %s failed", os.path.join(effect.root, effect.unit))
+                log.exception("hashing %s failed", os.path.join(effect.root, effect.unit),
+                              extra=fields("watch_error", path=os.path.join(effect.root, effect.unit)))
                 outcome = Failed("internal", f"hashing failed: {err}")
             self._apply(self.queue.hashed(effect.root, effect.unit, effect.attempt, outcome, trio.current_time()))
         finally:
@@ -348,14 +355,15 @@ class Watcher:
                 outcome = plan
             else:
                 log.info("storing %s as %s (%d files)", os.path.join(effect.root, effect.unit), effect.name,
-                         len(plan.files))
+                         len(plan.files), extra=fields("watch_storing", effect.name, files=len(plan.files)))
                 try:
                     result = await self.storer.store(plan)
                 except Exception as err:  # a Storer must not raise; never let it stop the watcher
-                    log.exception("storing %s failed", effect.name)
+                    log.exception("storing %s failed", effect.name, extra=fields("watch_error", effect.name))
                     result = Failed("internal", f"{type(err).__name__}: {err}")
                 outcome = self._outcome(effect, plan, result)
-            self._apply(self.queue.put_done(effect.root, effect.unit, effect.attempt, outcome, trio.current_time()))
+            self._apply(self.queue.put_done(effect.root, effect.unit, effect.attempt, outcome, trio.current_time()),
+                        _outcome_fields(effect.name, outcome))
         finally:
             self._inflight -= 1
             self._kick()
@@ -387,7 +395,8 @@ class Watcher:
         except FormatError as err:
             aside = self.state_path.with_name(f"{self.state_path.name}.bad-{int(time.time())}")
             await trio.to_thread.run_sync(os.replace, self.state_path, aside)
-            log.error("%s: %s; moved it to %s and starting with an empty queue", self.state_path, err, aside)
+            log.error("%s: %s; moved it to %s and starting with an empty queue", self.state_path, err, aside,
+                      extra=fields("watch_queue_reset", path=str(self.state_path)))
 
     async def _persister(self) -> None:
         while True:
@@ -409,7 +418,8 @@ class Watcher:
                 self._persist_blob = blob  # try again with the next change
             if not self._persist_failed:
                 log.warning("cannot save the watch queue to %s: %s; it is kept in memory and saved "
-                            "again at the next change", self.state_path, err)
+                            "again at the next change", self.state_path, err,
+                            extra=fields("watch_queue_unsaved", path=str(self.state_path)))
             self._persist_failed = True
 
     async def _flush_state(self) -> None:
@@ -443,7 +453,8 @@ class Watcher:
                 continue
             if rel == "":
                 if gone:
-                    log.warning("watch path %s was deleted or moved away; watching it again once it is back", root)
+                    log.warning("watch path %s was deleted or moved away; watching it again once it is back", root,
+                                extra=fields("watch_path_missing", path=root))
                     self.watching.discard(root)
                 continue
             self._track_close(root, rel, kind, gone, is_dir, src, dest)
@@ -491,9 +502,11 @@ class Watcher:
         result = await trio.to_thread.run_sync(watch_fs.scan, Path(root))
         self.scans += 1
         if result.truncated:
-            log.warning("%s holds more than %d files; only the first were looked at", root, watch_fs.MAX_SCAN_ENTRIES)
+            log.warning("%s holds more than %d files; only the first were looked at", root, watch_fs.MAX_SCAN_ENTRIES,
+                        extra=fields("watch_truncated", path=root))
         for path in result.unreadable[:5]:
-            log.warning("cannot read %s while scanning %s; its checkpoints are not stored", path, root)
+            log.warning("cannot read %s while scanning %s; its checkpoints are not stored", path, root,
+                        extra=fields("watch_unreadable", path=str(path)))
         present = set()
         for rel in result.files:
             try:
@@ -540,7 +553,7 @@ class Watcher:
             hint = ""
             if sys.platform.startswith("linux") and err.errno in (28, 24):  # ENOSPC, EMFILE: inotify limits
                 hint = "; raise fs.inotify.max_user_watches (sysctl) for large directory trees"
-            log.error("cannot watch %s: %s%s", root, err.strerror or err, hint)
+            log.error("cannot watch %s: %s%s", root, err.strerror or err, hint, extra=fields("watch_error", path=root))
             return
         self.watching.add(root)
 
@@ -554,7 +567,7 @@ class Watcher:
                 self.watching.clear()
                 for r in self.roots:
                     await self._schedule(observer, self._handler, r)
-                log.info("now watching %s", ", ".join(sorted(self.watching)))
+                log.info("now watching %s", ", ".join(sorted(self.watching)), extra=fields("watch_started"))
                 for r in sorted(self.watching):
                     await self._scan(r)
                 return
@@ -595,6 +608,16 @@ class Watcher:
             "failures": dict(stats.failures), "last_success": stats.last_success or 0.0,
             "oldest_pending": max((now - p.since for p in pending), default=0.0),
         }
+
+
+def _outcome_fields(name: str, outcome: Any) -> dict[str, Any]:
+    """The log fields of what a put of ``name`` came to: stored, failed (retried later), or
+    back to pending (it changed or vanished while being read)."""
+    if isinstance(outcome, Stored):
+        return fields("watch_stored", f"{name}@{outcome.version}")
+    if isinstance(outcome, Failed):
+        return fields("watch_failed", name, kind=outcome.kind)
+    return fields("watch_pending", name, why=type(outcome).__name__)
 
 
 def plan_put(effect: StartPut) -> PutPlan | ReadChanged | Vanished:

@@ -102,14 +102,14 @@ def test_supervisor_stops_children_with_sigterm_then_sigkill(tmp_path):
     polite.start()
     stubborn.start()
     assert polite.check_children() == 1 and stubborn.check_children() == 1
-    _wait_for(nodes[1].log_path, "ready")
-    _wait_for(nodes[0].log_path, "started")
+    _wait_for(nodes[1].stderr_path, "ready")  # what a node prints outside its log
+    _wait_for(nodes[0].stderr_path, "started")
     polite.stop(timeout=5)
     stubborn.stop(timeout=0.3)
     assert polite.procs[1].returncode == -signal.SIGTERM
     assert stubborn.procs[2].returncode == -signal.SIGKILL
     assert "killed 1 node(s)" in out.getvalue()
-    assert "started" in nodes[0].log_path.read_text()
+    assert "started" in nodes[0].stderr_path.read_text()
 
 
 def test_run_local_reports_dead_nodes_with_their_log(tmp_path):

@@ -18,6 +18,8 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+from peerstore.shell.logs import fields
+
 log = logging.getLogger("peerstore.node")
 
 MAX_PENDING_HANDSHAKES = 256
@@ -120,5 +122,5 @@ def raise_open_file_limit(wanted: int = WANTED_OPEN_FILES) -> tuple[int, int] | 
         return soft, candidate
     log.warning("could not raise the open-file limit above %d (hard limit %s); a busy node may run "
                 "out of file descriptors: raise it with ulimit -n or LimitNOFILE=", soft,
-                "unlimited" if hard == unlimited else hard)
+                "unlimited" if hard == unlimited else hard, extra=fields("open_file_limit_low", limit=soft))
     return soft, soft

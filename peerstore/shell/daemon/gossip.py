@@ -42,6 +42,7 @@ from peerstore.shell.config import Config
 from peerstore.shell.daemon.buffers import PayloadBudget
 from peerstore.shell.daemon.discovery import boot_and_sequence, member_name, sd_targets
 from peerstore.shell.daemon.peers import Peers
+from peerstore.shell.logs import fields
 from peerstore.shell.wirestream import PeerClosed, dial
 from peerstore.wire import ReplayFilter, open_datagram, seal_datagram
 
@@ -123,7 +124,7 @@ class GossipRunner:
                 # Swim re-contacts its remembered seeds and known members by itself;
                 # mDNS finds reach it through add_seeds as zeroconf reports them.
                 log.info("no other live member: re-seeding from %d remembered address(es)",
-                         len(self.swim.seeds()))
+                         len(self.swim.seeds()), extra=fields("reseeding"))
         if members_moved:
             self.discovery = sd_targets(self.swim.members())
         self.wake.set()
@@ -139,11 +140,14 @@ class GossipRunner:
         previous = self.daemon.peers.addresses.get(member.node_id)
         self.daemon.peers.addresses[member.node_id] = address  # type: ignore[assignment]
         if previous is not None and previous != address:
-            log.info("member %s moved from %s:%d to %s:%d", member.node_id, *previous, *address)
+            log.info("member %s moved from %s:%d to %s:%d", member.node_id, *previous, *address,
+                     extra=fields("peer_moved", peer=member.node_id, address="%s:%d" % address))
             self.daemon.peers.forget(member.node_id)  # its old connection leads nowhere
         if effect.old != effect.new:
             level = logging.WARNING if effect.new in (MemberState.DEAD, MemberState.SUSPECT) else logging.INFO
-            log.log(level, "member %s at %s:%d is %s", member.node_id, *member.addr, effect.new.name.lower())
+            log.log(level, "member %s at %s:%d is %s", member.node_id, *member.addr, effect.new.name.lower(),
+                    extra=fields(_member_event_name(effect.old, effect.new), peer=member.node_id,
+                                 peer_name=member_name(member), address="%s:%d" % tuple(member.addr[:2])))
 
     @property
     def alive(self) -> frozenset[str]:
@@ -172,7 +176,7 @@ class GossipRunner:
             self.raw_sock.sendto(data, addr)  # non-blocking: a full buffer drops it, as UDP may
         except (OSError, CodecError, ValueError) as err:  # ValueError: no recipient id (a Swim bug)
             self.dropped["send"] += 1
-            log.debug("datagram to %s:%d failed: %s", *addr, err)
+            log.debug("datagram to %s:%d failed: %s", *addr, err, extra=fields("datagram_send_failed", peer=to or None))
 
     async def _receive_loop(self) -> None:
         assert self.sock is not None
@@ -187,7 +191,7 @@ class GossipRunner:
                 message = decode_datagram(body, sender)
             except CodecError as err:
                 self.dropped[type(err).__name__] += 1
-                log.debug("dropped a datagram from %s: %s", source, err)
+                log.debug("dropped a datagram from %s: %s", source, err, extra=fields("datagram_dropped"))
                 continue
             self.apply(self.swim.on_datagram(trio.current_time(), tuple(source[:2]), message, size=len(data)))
 
@@ -210,7 +214,7 @@ class GossipRunner:
                 finally:
                     await wire.aclose()
         except (OSError, trio.TooSlowError, CodecError, PeerClosed, trio.BrokenResourceError) as err:
-            log.debug("gossip stream to %s:%d failed: %s", *effect.addr, err)
+            log.debug("gossip stream to %s:%d failed: %s", *effect.addr, err, extra=fields("gossip_stream_failed"))
         self.apply(self.swim.on_stream_reply(trio.current_time(), effect.request_id, reply))
 
     def answer_stream(self, source: tuple[str, int], payload: bytes | None) -> bytes:
@@ -227,7 +231,7 @@ class GossipRunner:
         self.apply(self.swim.add_seeds(trio.current_time(), addrs))
 
     def set_addr(self, addr: tuple[str, int]) -> None:
-        log.info("our address changed to %s:%d: announcing it", *addr)
+        log.info("our address changed to %s:%d: announcing it", *addr, extra=fields("address_changed"))
         self.daemon.peers.forget_all()  # connections from the old address are dead
         self.apply(self.swim.set_addr(trio.current_time(), addr))
         self.discovery = sd_targets(self.swim.members())
@@ -255,3 +259,10 @@ class GossipRunner:
 
     def state_counts(self) -> dict[str, int]:
         return dict(Counter(m.state.name.lower() for m in self.swim.members()))
+
+
+def _member_event_name(old: MemberState | None, new: MemberState) -> str:
+    """``peer_joined`` (first seen alive), ``peer_alive`` (back), ``peer_suspect``, ``peer_dead``, ``peer_left``."""
+    if new is MemberState.ALIVE:
+        return "peer_joined" if old is None else "peer_alive"
+    return "peer_" + new.name.lower()

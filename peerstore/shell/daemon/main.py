@@ -68,7 +68,8 @@ async def serve(config: Config) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             await nursery.start(daemon.run)
             async for signum in signals:
-                log.info("received %s: leaving the cluster and shutting down", signal.Signals(signum).name)
+                log.info("received %s: leaving the cluster and shutting down", signal.Signals(signum).name,
+                         extra=logs.fields("node_stopping", signal=signal.Signals(signum).name))
                 if daemon.membership is not None:
                     with trio.move_on_after(2):
                         await daemon.membership.leave()
@@ -81,7 +82,7 @@ def run_node(config: Config) -> int:
     setup_logging(config.log_level, config)
     if config.cluster_key == bytes.fromhex(EXAMPLE_CLUSTER_KEY):
         log.warning("cluster_key is the example key from config.example.yaml: anyone can join; "
-                    "run 'peerstore init' for a fresh one")
+                    "run 'peerstore init' for a fresh one", extra=logs.fields("example_cluster_key"))
     limits = raise_open_file_limit()  # each peer, CLI and pending handshake holds a descriptor
     if limits is not None and limits[1] != limits[0]:
         log.debug("raised the open-file limit from %d to %d", *limits)
@@ -89,12 +90,12 @@ def run_node(config: Config) -> int:
         with data_dir_lock(config.data_dir):
             trio.run(serve, config)
     except PeerstoreError as err:
-        log.error("%s", err)
+        log.error("%s", err, extra=logs.fields("node_failed"))
         return 1
     except OSError as err:
-        log.error("cannot start: %s", err)
+        log.error("cannot start: %s", err, extra=logs.fields("node_failed", errno=err.errno))
         return 1
-    log.info("stopped", extra={"event": "node_stopped"})
+    log.info("stopped", extra=logs.fields("node_stopped"))
     return 0
 
 

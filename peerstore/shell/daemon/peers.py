@@ -18,6 +18,7 @@ from typing import Awaitable, Callable
 import trio
 
 from peerstore.errors import AuthError, CodecError
+from peerstore.shell.logs import fields
 from peerstore.shell.wirestream import Frame, WireStream, dial
 
 log = logging.getLogger("peerstore.peers")
@@ -63,6 +64,7 @@ class Peers:
             self.conns[peer] = wire
         links = self.links.setdefault(peer, set())
         links.add(wire)
+        log.debug("connected with %s", peer, extra=fields("peer_connected", peer=peer))
         try:
             await self.on_connection(peer, wire, first)
         finally:
@@ -72,6 +74,7 @@ class Peers:
             await wire.aclose()
             if self.conns.get(peer) is wire:
                 del self.conns[peer]
+            log.debug("connection with %s closed", peer, extra=fields("peer_disconnected", peer=peer))
 
     def moved(self) -> frozenset[str]:
         """The peers that bytes moved to or from (on any connection) since the last call."""

@@ -21,6 +21,7 @@ from peerstore.shell.daemon.buffers import Buffers
 from peerstore.shell.daemon.metrics import Metrics
 from peerstore.shell.daemon.reading import StripeReader
 from peerstore.shell.daemon.sources import LocalFiles
+from peerstore.shell.logs import fields
 from peerstore.shell.watcher import PutPlan, StoredVersion, StoreResult, Watcher, failure_kind
 from peerstore.watch.pending import Failed, QueueSettings, ReadChanged
 
@@ -112,7 +113,8 @@ class DaemonStorer:
         if isinstance(body, ev.Failed) and body.outcome_unknown:
             committed = await self._committed_since(plan, started)
             if committed is not None:
-                log.info("%s: the put's outcome was unknown, but version %s is in the catalog", plan.name, committed)
+                log.info("%s: the put's outcome was unknown, but version %s is in the catalog", plan.name, committed,
+                         extra=fields("watch_stored", f"{plan.name}@{committed}", outcome_was_unknown=True))
                 return StoredVersion(committed)
             return Failed("outcome_unknown", reason)
         return Failed(failure_kind(reason), reason)

@@ -196,16 +196,18 @@ def stage(job: str, kind: str) -> list[dict]:
     return [s[kind] for s in promtail_jobs()[job]["pipeline_stages"] if kind in s]
 
 
-@pytest.mark.parametrize("job", ["peerstore-file", "peerstore-journal"])
+@pytest.mark.parametrize("job", ["peerstore-file", "peerstore-journal", "peerstore-local"])
 def test_json_stages_pick_fields_the_daemon_writes_and_label_them(job):
-    line = json_line({"msg": "hello"})
+    line = json_line({"msg": "hello"}, **logs.fields("put_done", "run1/x@3.ab12cd34ef567890", peer="cd" * 8))
     (expressions,) = [s["expressions"] for s in stage(job, "json")]
-    assert {"level", "logger", "node"} <= set(expressions)
+    assert {"level", "logger", "event", "checkpoint", "peer"} <= set(expressions)
     for name, source in expressions.items():
         assert source in line, f"{job}: {name} reads {source!r}, which the daemon does not write"
     labels = set().union(*(s for s in stage(job, "labels")))
-    assert {"level", "logger", "node"} <= labels
-    assert expressions["node"] == "node_name" and line["node_name"] == "pi4"
+    assert {"level", "logger", "node", "event"} <= labels
+    assert not labels & {"checkpoint", "peer", "node_id", "op"}  # one stream per value would swamp Loki
+    if job != "peerstore-local":  # there the node label comes from the file's directory
+        assert expressions["node"] == "node_name" and line["node_name"] == "pi4"
 
 
 def test_file_job_splits_records_of_both_formats_and_keeps_tracebacks(tmp_path):
