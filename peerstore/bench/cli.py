@@ -25,7 +25,7 @@ from peerstore.model.policy import MAX_SHARD_SIZE, MIN_SHARD_SIZE, MiB
 SWEEP_DEFAULT_SIZE = 512 * 1000 * 1000
 MAX_NODES = 16
 EPILOG = """\
-phases (--only, comma-separated): baselines, put, put_stream, get, get_1down, get_2down,
+phases (--only, comma-separated): baselines, put, put_stream, get, get_stream, get_1down, get_2down,
 dir, slow, concurrent, and repair (not in the default run: name it). The get phases and
 put_stream also run put; get_2down runs get_1down first (it kills one more node).
 repair: on a fresh cluster with a short repair.grace_seconds (--repair-grace), put 5

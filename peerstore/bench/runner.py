@@ -33,12 +33,12 @@ from peerstore.shell.config import format_size
 from peerstore.model.policy import MiB, Policy
 from peerstore.testing.procs import NodeProc, ProcCluster, wait_for
 
-PHASES = ("baselines", "put", "put_stream", "get", "get_1down", "get_2down", "dir", "slow", "concurrent", "repair")
+PHASES = ("baselines", "put", "put_stream", "get", "get_stream", "get_1down", "get_2down", "dir", "slow", "concurrent", "repair")
 # Run only when named in --only: each pacing adds a cluster, five puts, a node loss and its repair.
 OPTIONAL_PHASES = ("repair",)
 DEFAULT_PHASES = tuple(p for p in PHASES if p not in OPTIONAL_PHASES)
 DEFAULT_REPAIR_RATE = repair.DEFAULT_RATE  # repair.max_bytes_per_second's default, 32 MiB/s per node
-NEEDS_STORED_MODEL = ("get", "get_1down", "get_2down")
+NEEDS_STORED_MODEL = ("get", "get_stream", "get_1down", "get_2down")
 CLUSTER_START_TIMEOUT = 60.0
 CLUSTER_START_ATTEMPTS = 3
 MEMBERSHIP_TIMEOUT = 60.0
@@ -280,17 +280,18 @@ class Bench:
         return self.measure(phase, "put", body)
 
     def get(self, phase: str, name: str, source: Path, *, via: int = 0, notes: str = "",
-            drop_caches: bool = True) -> PhaseResult:
+            drop_caches: bool = True, stream: bool = False) -> PhaseResult:
         out = self.run_dir / "restored"
         shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
         nbytes = source_bytes(source)
 
         def body() -> Outcome:
-            finished = self.finish(self.cli("get", name, "--out", str(out), "--json", via=via),
-                                   command_timeout(nbytes))
+            args = ["get", name, "--out", str(out), "--json"] + (["--stream"] if stream else [])
+            finished = self.finish(self.cli(*args, via=via), command_timeout(nbytes))
             done = json.loads(finished.stdout)
             extra = {"client_seconds": done.get("seconds"), "degraded_stripes": done.get("degraded", 0),
-                     "second_replica_pieces": done.get("fallbacks", 0), "files": done.get("files")}
+                     "second_replica_pieces": done.get("fallbacks", 0), "files": done.get("files"),
+                     "node_wrote": done.get("node_wrote")}
             return Outcome(int(done["bytes"]), finished.seconds, [finished], notes, extra)
 
         try:
@@ -339,6 +340,8 @@ class Bench:
             self.put("put --stream", self.model(seed=1), "bench/model-streamed", stream=True, via=1)
         if "get" in want:
             self.get("get", "bench/model", model)
+        if "get_stream" in want:  # the same get, its bytes streamed through the CLI (issue 14)
+            self.get("get --stream", "bench/model", model, stream=True)
         if not want & {"get_1down", "get_2down"}:
             return
         manifest = stored_manifest(c.nodes[0].data_dir, "bench/model")

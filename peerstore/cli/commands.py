@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "single-file checkpoint goes inside PATH if PATH is a directory or ends with '/'; a "
                    "directory checkpoint becomes PATH (which may be an empty directory)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--stream", action="store_true",
+                   help="have the node send the bytes through the connection even when it runs on this machine")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = command("ls", "list checkpoints and their versions",
@@ -670,7 +672,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     client = _client(args)
     into_dir = bool(args.out) and args.out.endswith(("/", os.sep))
     result = trio.run(partial(client.get, args.spec, out, force=args.force, progress=_progress(args),
-                              into_dir=into_dir))
+                              into_dir=into_dir, stream=args.stream))
     if args.json:
         _print_json(result)
         return EXIT_OK

@@ -11,11 +11,16 @@ put   C: put {name, files:[{path,size,mode,mtime_ns?,inode?}], is_dir, local_roo
       N: progress {done, total}*                 (bytes durably stored so far)
       N: put_done {name, version, tolerance, size, pieces, manifest_id} + body {blake3:[32 bytes per file]}
          | failed {reason, unknown, local_refused?}
-get   C: get {spec}
+get   C: get {spec, fds?}                      (fds: true only on the node's Unix socket)
       N: manifest {} + payload (manifest bytes; the CLI verifies them against entry)
-      N: entry {name, version, manifest_id}
-      N: stripe {file, offset} + payload (that stripe's data bytes, in order)*
-      N: get_done {name, version, size, degraded, fallbacks} | failed {reason}
+      N: entry {name, version, manifest_id, fds?}  (fds: descriptors per frame the node takes)
+      when the entry offers fds (see "Descriptors" below):
+        C: fds {files:[index...], last} with one descriptor per index | fds {files:[], last, stream}
+        N: fds_ok {count} after each fds frame | fds_ok {stream, reason?}: it streams instead
+        N: progress {done, total}*    (done: bytes written so far, a prefix of the stripe order)
+      N: stripe {file, offset} + payload (that stripe's data bytes, in order)*  (with fds: only
+         after a write the node could not make, from where it got to; the CLI writes them)
+      N: get_done {name, version, size, degraded, fallbacks, written?} | failed {reason}
 ls    C: ls {name?}          N: listing {} + body {entries:[entry dicts]}
 status C: status {}          N: status {} + body {node_id, members:[...], checkpoints:[...],
                                                     nodes:[{id, report}]}
@@ -38,6 +43,21 @@ requested size. With ``local_root``, a file's
 since: it compares them when it opens the file and again after reading it, and fails the
 put with a reason containing ``errors.CHANGED_DURING_PUT`` (older clients omit them; the
 node then compares only its own stats before and after reading).
+
+Descriptors (a get on the Unix socket, Linux and macOS): the CLI asks with ``fds: true``;
+a node that will write the files itself (the peer runs as its own user) says so in the
+entry (``fds``: how many descriptors one frame may carry). The CLI then creates every
+output file itself (a temp name beside the target) and sends ``fds`` frames, each with its
+descriptors attached (SCM_RIGHTS; ``files`` lists, in increasing order, the file index of
+each; every non-empty file once), waiting for ``fds_ok`` after each; ``last`` marks the
+final one. ``stream: true`` instead (too many files, say) makes it an ordinary streamed get,
+as does a node that answers ``fds_ok {stream: true}`` (it could not take them). The node
+checks each descriptor is a regular file open for writing (not append-only), writes only
+the ranges the manifest defines, and reports ``progress``; the CLI reads back what was
+written, checks every file's size and whole-file BLAKE3, and installs as for a streamed
+get. A write the node cannot make (its own file size limit, say) is not an error: it
+streams that stripe and the rest, and the CLI writes them into the same files.
+``get_done.written`` is the number of files the node wrote (absent if it streamed).
 """
 
 from __future__ import annotations
@@ -127,6 +147,31 @@ def parse_position(header: dict[str, Any]) -> tuple[int, int]:
 
 def parse_spec(header: dict[str, Any]) -> str:
     return _text(header, "spec")  # type: ignore[return-value]
+
+
+MAX_FD_FILES = 512  # descriptors one get may pass in all
+
+
+def get_request(spec: str, fds: bool = False) -> dict:
+    """A get request; ``fds``: the CLI can pass descriptors for the node to write into."""
+    return {"t": "get", "spec": spec, **({"fds": True} if fds else {})}
+
+
+def wants_fds(header: dict[str, Any]) -> bool:
+    return header.get("fds") is True
+
+
+def parse_fds(header: dict[str, Any], max_files: int) -> tuple[list[int], bool, bool]:
+    """(file indices, last, stream) of an ``fds`` frame; at most ``max_files`` indices,
+    strictly increasing."""
+    files, last, stream = header.get("files"), header.get("last"), header.get("stream", False)
+    if header.get("t") != "fds" or not isinstance(files, list) or len(files) > max_files:
+        raise CodecError(f"expected an fds frame listing at most {max_files} files")
+    if any(type(i) is not int or i < 0 for i in files) or any(a >= b for a, b in zip(files, files[1:])):
+        raise CodecError("fds.files: expected strictly increasing file indices")
+    if type(last) is not bool or type(stream) is not bool:
+        raise CodecError("fds.last and fds.stream: expected booleans")
+    return files, last, stream
 
 
 MAX_BODY = 64 * 1024 * 1024

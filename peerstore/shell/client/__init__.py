@@ -2,7 +2,8 @@
 
 Modules, one job each: ``sources`` (what a put stores: the file or tree, scanned and
 checked), ``writer`` (a get written beside its destination, verified, then renamed into
-place), ``connection`` (connect, authenticate, bound every wait), ``api``
+place), ``direct`` (the same when the node on this machine writes the files through
+descriptors we pass it), ``connection`` (connect, authenticate, bound every wait), ``api``
 (:class:`NodeClient`: put, get, ls, rm, status). The public names are re-exported here.
 """
 

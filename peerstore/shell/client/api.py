@@ -29,7 +29,9 @@ from peerstore.shell.client.sources import (
     read_chunk,
     scan_source,
 )
+from peerstore.shell.client.direct import DirectWriter, fits
 from peerstore.shell.client.writer import CheckpointWriter, check_output
+from peerstore.shell import fdpass
 from peerstore.errors import (
     CodecError,
     ConnectionLost,
@@ -312,19 +314,23 @@ class NodeClient:
     # -- get
 
     async def get(self, spec: str, out: Path, force: bool = False, progress: Progress | None = None,
-                  *, into_dir: bool = False) -> dict:
+                  *, into_dir: bool = False, stream: bool = False) -> dict:
         """Fetch ``spec`` into ``out`` (see :func:`output_target`); the node's get_done
-        fields plus "path", "files", "bytes" and "seconds"."""
+        fields plus "path", "files", "bytes", "seconds" and "node_wrote". On this machine's
+        node (its Unix socket) we create the files and pass their descriptors, and the node
+        writes into them ("node_wrote": true; see :mod:`peerstore.shell.client.direct`);
+        otherwise, or when it cannot (or ``stream``), the node streams the bytes to us."""
         name, selector = parse_spec(spec)
         out = Path(out)
         check_output(out, force, into_dir)
         progress = progress or Progress(enabled=False)
-        wire = await self._take_wire()
+        wire = await self._take_wire() if stream else await self._get_wire()
+        local = fdpass.is_unix(wire)
         started = trio.current_time()
         writer: CheckpointWriter | None = None
         manifest_bytes: bytearray | None = None
         try:
-            await wire.send({"t": "get", "spec": spec})
+            await wire.send(cp.get_request(spec, fds=local))
             while True:
                 event = await wire.next_event()
                 if isinstance(event, ConnectionClosed):
@@ -341,10 +347,20 @@ class NodeClient:
                     if manifest_bytes is None or writer is not None:
                         raise CodecError(f"{wire.where} sent the entry before the manifest, or twice")
                     manifest = _check_manifest(bytes(manifest_bytes), header, name, selector)
-                    writer = CheckpointWriter(manifest, out, force, into_dir)
-                    writer.open()
+                    offer = header.get("fds")
+                    if local and type(offer) is int and offer >= 1 and fits(manifest):
+                        writer = DirectWriter(manifest, out, force, into_dir)
+                        writer.open()
+                        if not await _pass_fds(wire, writer, min(offer, fdpass.MAX_FDS_PER_FRAME)):
+                            writer.abort()  # the node streams after all
+                            writer = None
+                    elif local and type(offer) is int:
+                        await _pass_fds(wire, None, 0)  # too many files to hold open: stream
+                    if writer is None:
+                        writer = CheckpointWriter(manifest, out, force, into_dir)
+                        writer.open()
                     progress.start(manifest.total_size(), f"get {spec}")
-                elif kind == "stripe":
+                elif kind == "stripe":  # (to a DirectWriter: the node could not write the rest itself)
                     if writer is None:
                         raise CodecError(f"{wire.where} sent a stripe before the manifest and entry")
                     file_index, offset = header.get("file"), header.get("offset")
@@ -362,9 +378,11 @@ class NodeClient:
                 elif kind == "get_done":
                     if writer is None:
                         raise CodecError(f"{wire.where} finished a get without sending the checkpoint")
-                    target = writer.commit()
+                    direct = isinstance(writer, DirectWriter)
+                    target = await trio.to_thread.run_sync(writer.commit) if direct else writer.commit()
                     return {**_strip(header), "path": str(target), "files": len(writer.manifest.files),
-                            "bytes": writer.total_size, "seconds": trio.current_time() - started}
+                            "bytes": writer.total_size, "seconds": trio.current_time() - started,
+                            "node_wrote": isinstance(writer, DirectWriter) and not writer.streamed}
                 elif kind == "failed":
                     reason = str(header.get("reason", "no reason given"))
                     if writer is None and await self._missing(spec, header):
@@ -373,6 +391,10 @@ class NodeClient:
                 elif kind == "progress":
                     if event.payload_len:
                         await wire.read_payload(event, lambda view: None)
+                    done = header.get("done")
+                    if isinstance(writer, DirectWriter) and type(done) is int and done:
+                        await trio.to_thread.run_sync(writer.advance, done)  # read back, verify
+                        progress.update(done)
                 else:
                     raise CodecError(f"{wire.where} answered a get with an unexpected {kind!r} frame")
         finally:
@@ -380,6 +402,16 @@ class NodeClient:
             if writer is not None:
                 writer.abort()
             await wire.aclose()
+
+    async def _get_wire(self) -> NodeWire:
+        """The node's Unix socket when it is on this machine and descriptors can be passed,
+        else (or when that socket cannot be used) TCP."""
+        if (self._wire is None and self.local_socket is not None and fdpass.supported()
+                and is_this_machine(self.host)):
+            wire = await open_local_wire(self.local_socket, self.cluster_key, self.timeout)
+            if wire is not None:
+                return wire
+        return await self._take_wire()
 
     async def _missing(self, spec: str, failed: dict) -> bool:
         """Did this failure mean "no such checkpoint"? The node may say so itself
@@ -490,6 +522,49 @@ class NodeClient:
                 raise NotFoundError(reason)
             raise PeerstoreError(f"rm failed: {reason}")
         return _strip(header)
+
+
+async def _pass_fds(wire: NodeWire, writer: DirectWriter | None, per_frame: int) -> bool:
+    """Hand the node the descriptors of ``writer``'s files, ``per_frame`` at a time, each
+    frame answered before the next (see ``shell/fdpass.py``); without a writer, tell it to
+    stream. True when the node took them all, False when it streams instead."""
+    passed = writer.passed() if writer is not None else []
+    batches = [passed[i:i + per_frame] for i in range(0, len(passed), per_frame)] if per_frame else []
+    if writer is None or not batches:
+        batches = [[]]
+    for number, batch in enumerate(batches):
+        last = number == len(batches) - 1
+        header = {"t": "fds", "files": [index for index, _ in batch], "last": last,
+                  **({"stream": True} if writer is None else {})}
+        try:
+            await fdpass.send_with_fds(wire, header, [fd for _, fd in batch])
+        except (OSError, trio.TooSlowError) as err:
+            raise ConnectionLost(f"passing our files to {wire.where} failed: {err}") from None
+        answer = await _fds_answer(wire)
+        if answer.get("stream") is True:
+            return False
+        if type(answer.get("count")) is not int:
+            raise CodecError(f"{wire.where} answered our files with a malformed fds_ok")
+    return writer is not None
+
+
+async def _fds_answer(wire: NodeWire) -> dict:
+    """The node's fds_ok (progress frames skipped); a failure is raised as PeerstoreError."""
+    while True:
+        event = await wire.next_event()
+        if isinstance(event, ConnectionClosed):
+            raise ConnectionLost(f"{wire.where} closed the connection while taking our files")
+        if not isinstance(event, Message):
+            continue
+        if event.payload_len:
+            await wire.read_payload(event, lambda view: None)
+        kind = event.header.get("t")
+        if kind == "fds_ok":
+            return event.header
+        if kind == "failed":
+            raise PeerstoreError(f"the get failed: {event.header.get('reason', 'no reason given')}")
+        if kind != "progress":
+            raise CodecError(f"{wire.where} answered our files with an unexpected {kind!r} frame")
 
 
 def _put_digests(body: bytes) -> dict:

@@ -20,9 +20,12 @@ from peerstore.core.gc import cluster_summary as gc_summary
 from peerstore.core.store_health import read_only_nodes
 from peerstore.errors import CodecError
 from peerstore.shell.daemon.buffers import Buffers
+from peerstore.shell.daemon.fd_writer import FdWriteFailed, FdWriter
 from peerstore.shell.daemon.metrics import Metrics
 from peerstore.shell.daemon.reading import StripeReader
 from peerstore.shell.daemon.sources import ClientStream, LocalFiles, SourceError
+from peerstore.shell.logs import fields
+from peerstore.shell import fdpass
 from peerstore.shell.wirestream import Frame, PeerClosed, WireStream
 from peerstore.wire import client_protocol as cp
 
@@ -70,6 +73,9 @@ class ClientSession:
         self.kind = "?"
         self.last_sent = trio.current_time()
         self.done = self.total = 0
+        self.fd_get = False  # a get whose client passes descriptors for us to write into
+        self.fd_writer: FdWriter | None = None
+        self.nursery: trio.Nursery | None = None
 
     def enqueue(self, effect: Any) -> None:
         if isinstance(effect, (ev.EncodeStripe, ev.FinishFileRead)):
@@ -83,7 +89,7 @@ class ClientSession:
         except (CodecError, SourceError, LocalRootRefused) as err:
             reply = cp.failed(f"bad request: {err}")
             if isinstance(err, LocalRootRefused):
-                log.info("refused a put naming local files: %s", err)
+                log.info("refused a put naming local files: %s", err, extra=fields("local_put_refused", op=self.token))
                 self.daemon.metrics.errors.labels("local_refused").inc()
                 reply = cp.local_refused(str(err))
             try:
@@ -91,13 +97,22 @@ class ClientSession:
             except ENDED:
                 pass
             return
+        if self.kind in ("get", "rm", "verify"):  # a put logs its own line; ls and status are not worth one
+            spec = getattr(command, "spec", None)
+            log.info("%s %s", self.kind, spec or "(everything)",
+                     extra=fields(f"{self.kind}_started", spec, op=self.token))
         self.daemon.feed(command)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive, nursery)
-            nursery.start_soon(self._read_stripes)
-            nursery.start_soon(self._keep_alive)
-            await self._write()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                if not self.fd_get:  # else once the descriptors are in (_accept_fds)
+                    nursery.start_soon(self._receive, nursery)
+                nursery.start_soon(self._read_stripes)
+                nursery.start_soon(self._keep_alive)
+                await self._write()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._drop_fd_get()
 
     async def _keep_alive(self) -> None:
         """A progress frame whenever nothing was sent for a while, so a client can tell a
@@ -128,9 +143,13 @@ class ClientSession:
             self.reader = StripeReader(self.daemon, source)
             self.files = len(files)
             specs = tuple(ev.FileSpec(p, size, mode) for p, size, mode in files)
-            log.info("put %s: %d files, %d bytes", name, len(specs), sum(f.size for f in specs))
+            log.info("put %s: %d files, %d bytes", name, len(specs), sum(f.size for f in specs),
+                     extra=fields("put_started", name, op=self.token, files=len(specs),
+                                  size=sum(f.size for f in specs)))
             return ev.PutCommand(self.token, name, specs, is_dir=is_dir, created=self.daemon.wall_clock())
         if kind == "get":
+            # Only a client of our own user on the Unix socket has us write into its files.
+            self.fd_get = self.local_paths and cp.wants_fds(header) and fdpass.supported() and fdpass.is_unix(self.wire)
             return ev.GetCommand(self.token, cp.parse_spec(header))
         if kind == "ls":
             name = header.get("name")
@@ -161,7 +180,8 @@ class ClientSession:
                         budget.release(len(frame.payload))
         except (*ENDED, CodecError, trio.TooSlowError) as err:
             if not self.finished.is_set():
-                log.info("client left before its %s finished (%s)", self.kind, err)
+                log.info("client left before its %s finished (%s)", self.kind, err,
+                         extra=fields("client_left", op=self.token, op_kind=self.kind))
                 self.daemon.feed(ev.CancelCommand(self.token))
             if self.reader is not None and isinstance(self.reader.source, ClientStream):
                 self.reader.source.send.close()
@@ -173,7 +193,11 @@ class ClientSession:
     async def _write(self) -> None:
         async for effect in self.out:
             if isinstance(effect, ev.DeliverStripe):
-                await self.daemon.deliver(self, effect)
+                if self.fd_writer is not None:
+                    if not await self._deliver_fd(effect):
+                        return
+                else:
+                    await self.daemon.deliver(self, effect)
                 continue
             final = effect.final
             if final:
@@ -187,6 +211,103 @@ class ClientSession:
                 outcome = "failed" if isinstance(effect.body, ev.Failed) else "ok"
                 self.daemon.metrics.operations.labels(self.kind, outcome).inc()
                 return
+
+    # -- a get written into the client's descriptors (fdpass.py, fd_writer.py)
+
+    async def _accept_fds(self, manifest: Any) -> None:
+        """Take the descriptors the client passes after the entry, batch by batch, checking
+        each; then stripes go to them. The client may ask to stream instead, and we stream
+        when the kernel could not hand us its descriptors. A client that breaks the
+        exchange is told why; its get is cancelled (CodecError, FdPassError)."""
+        sizes = [f.size for f in manifest.files]
+        fds: dict[int, int] = {}
+        last_index = -1
+        stream, why = False, ""
+        try:
+            while True:
+                try:
+                    header, passed = await fdpass.receive_with_fds(self.wire, fdpass.MAX_FDS_PER_FRAME)
+                except fdpass.FdsDropped as err:
+                    stream, why = True, str(err)  # our descriptor limit: stream this one
+                    break
+                try:
+                    files, last, stream = cp.parse_fds(header, fdpass.MAX_FDS_PER_FRAME)
+                    if len(passed) != len(files):
+                        raise fdpass.FdPassError(f"{len(files)} files listed but {len(passed)} descriptors passed")
+                    if files and (files[0] <= last_index or files[-1] >= len(sizes)):
+                        raise fdpass.FdPassError("file indices out of order or past the manifest's files")
+                    if len(fds) + len(files) > cp.MAX_FD_FILES:
+                        raise fdpass.FdPassError(f"more than {cp.MAX_FD_FILES} descriptors")
+                    for index, fd in zip(files, passed):
+                        problem = fdpass.check_writable_file(fd)
+                        if problem is not None:
+                            raise fdpass.FdPassError(f"the descriptor for file {index} is {problem}")
+                except BaseException:
+                    fdpass.close_all(passed)
+                    raise
+                fds.update(zip(files, passed))
+                last_index = files[-1] if files else last_index
+                if stream:
+                    break
+                missing = [i for i, size in enumerate(sizes) if size and i not in fds] if last else []
+                if missing:
+                    raise fdpass.FdPassError(f"no descriptor for file {missing[0]}")
+                await self.wire.send({"t": "fds_ok", "count": len(fds)})
+                if last:
+                    break
+        except BaseException:
+            fdpass.close_all(list(fds.values()))
+            raise
+        if stream:
+            fdpass.close_all(list(fds.values()))
+            log.info("a local get streams instead of writing into the client's files%s", f" ({why})" if why else "",
+                     extra=fields("get_fds_declined", op=self.token))
+            await self.wire.send({"t": "fds_ok", "stream": True, **({"reason": why[:cp.MAX_TEXT]} if why else {})})
+        else:
+            self.fd_writer = FdWriter(self.daemon.buffers, fds, sizes)
+            self.total = manifest.total_size()
+        if self.nursery is not None:
+            self.nursery.start_soon(self._receive, self.nursery)
+
+    async def _deliver_fd(self, effect: ev.DeliverStripe) -> bool:
+        """Write one stripe into the client's file and say how far we are; False when
+        the client is gone."""
+        assert self.fd_writer is not None
+        try:
+            error = await self.fd_writer.deliver(effect)
+        except FdWriteFailed as err:
+            # Our own limits (RLIMIT_FSIZE, say) may forbid what the client may do: it
+            # writes this stripe and the rest itself, streamed (its disk full fails there).
+            log.warning("writing into a local client's files failed (%s); streaming the rest to it", err,
+                        extra=fields("get_fds_write_failed", op=self.token))
+            self.fd_writer.close()
+            self.fd_writer = None
+            await self.daemon.deliver(self, effect)
+            return True
+        self.daemon.feed(ev.StripeDelivered(effect.op, effect.stripe, not error, error[:200]))
+        if error:
+            return True  # the core fails the get with it; the reply says why
+        self.done = self.fd_writer.written
+        try:
+            await self.wire.send({"t": "progress", "done": self.done, "total": self.total})
+        except ENDED:
+            return False
+        self.last_sent = trio.current_time()
+        return True
+
+    def _drop_fd_get(self) -> None:
+        """Close the client's descriptors; release stripes no one will write now."""
+        if self.fd_writer is not None:
+            self.fd_writer.close()
+        while True:
+            try:
+                effect = self.out.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(effect, ev.DeliverStripe):
+                for _, handle in effect.pieces:
+                    self.daemon.buffers.release(handle)
+                self.daemon.feed(ev.StripeDelivered(effect.op, effect.stripe, False, "client gone"))
 
     async def send_stripe(self, file_index: int, offset: int, shards: list[Any]) -> None:
         await self.wire.send_parts({"t": "stripe", "file": file_index, "offset": offset}, shards)
@@ -208,10 +329,25 @@ class ClientSession:
         elif isinstance(body, ev.GetStarted):
             blob = body.manifest.encode()
             await send({"t": "manifest"}, blob, blake3.blake3(blob).digest())
-            await send({"t": "entry", **cp.entry_dict(body.entry)})
+            offer = {"fds": fdpass.MAX_FDS_PER_FRAME} if self.fd_get else {}
+            await send({"t": "entry", **cp.entry_dict(body.entry), **offer})
+            if self.fd_get:
+                try:
+                    await self._accept_fds(body.manifest)
+                except (fdpass.FdPassError, CodecError, trio.TooSlowError) as err:
+                    reason = "the client's descriptors did not arrive in time" if isinstance(
+                        err, trio.TooSlowError) else str(err)
+                    log.info("cancelled a local get: %s", reason, extra=fields("get_fds_refused", op=self.token))
+                    self.daemon.feed(ev.CancelCommand(self.token))
+                    try:
+                        await send(cp.failed(f"bad request: {reason}"))
+                    except CodecError:
+                        pass  # the connection broke the protocol: nothing more can be said on it
+                    raise PeerClosed(reason) from None  # ends this session (_write)
         elif isinstance(body, ev.GetDone):
+            written = {"written": len(self.fd_writer.fds)} if self.fd_writer is not None else {}
             await send({"t": "get_done", "name": body.name, "version": body.version, "size": body.size,
-                        "degraded": body.degraded_stripes, "fallbacks": body.fallbacks})
+                        "degraded": body.degraded_stripes, "fallbacks": body.fallbacks, **written})
         elif isinstance(body, ev.Listing):
             await send({"t": "listing"}, cp.encode_body({"entries": [cp.entry_dict(e) for e in body.entries]}))
         elif isinstance(body, ev.Removed):

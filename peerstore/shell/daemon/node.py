@@ -40,6 +40,7 @@ from peerstore.errors import (
     AuthError, CodecError, DiskFullError, DiskIOError, FormatError, PeerstoreError, PieceNotFoundError, StoreError,
 )
 from peerstore.shell.durable import disk_error
+from peerstore.shell.logs import fields
 from peerstore.shell.identity import NodeIdentity
 from peerstore.core.quorum import decode_stable
 from peerstore.core.snapshots import restore_catalog, restore_counters
@@ -108,7 +109,8 @@ class Daemon:
         if problem:
             moved = self.meta.quarantine_catalog()
             log.error("%s: %s; moved it to %s and starting with an empty catalog, which the other "
-                      "nodes fill in again", self.meta.catalog_path, problem, moved)
+                      "nodes fill in again", self.meta.catalog_path, problem, moved,
+                      extra=fields("catalog_reset", path=str(self.meta.catalog_path)))
         return catalog
 
     def _load_counters(self) -> dict[str, int]:
@@ -127,7 +129,8 @@ class Daemon:
             return decode_stable(self.meta.load_membership())
         except FormatError as err:
             moved = self.meta.quarantine_membership()
-            log.error("%s: %s; moved it to %s and starting without it", self.meta.membership_path, err, moved)
+            log.error("%s: %s; moved it to %s and starting without it", self.meta.membership_path, err, moved,
+                      extra=fields("membership_reset", path=str(self.meta.membership_path)))
             return None
 
     # -- running -------------------------------------------------------------------------
@@ -165,6 +168,7 @@ class Daemon:
                 "node %s (boot %d) listening on %s:%d, data in %s, %d pieces held",
                 self.node_id, self.boot_epoch, self.config.listen_host, self.listen_port,
                 self.config.data_dir, len(self.core.inventory),
+                extra=fields("node_started", boot=self.boot_epoch, pieces=len(self.core.inventory)),
             )
             self.started.set()
             task_status.started(self.listen_port)
@@ -184,9 +188,9 @@ class Daemon:
         try:
             await self.watcher.run()
         except PeerstoreError as err:
-            log.error("the watcher stopped: %s", err)
+            log.error("the watcher stopped: %s", err, extra=fields("watcher_stopped"))
         except Exception:
-            log.exception("the watcher stopped")
+            log.exception("the watcher stopped", extra=fields("watcher_stopped"))
             self.metrics.errors.labels("internal").inc()
 
     def watch_status(self) -> dict[str, Any] | None:
@@ -254,9 +258,9 @@ class Daemon:
             for handle in effect.handles:
                 self.buffers.release(handle)
         elif kind in (ev.EncodeStripe, ev.FinishFileRead, ev.DeliverStripe, ev.Reply):
-            if kind is ev.Reply and effect.final and isinstance(effect.body, ev.Failed):
-                log.warning("%s", effect.body.reason)
             session = self.sessions.get(effect.client)
+            if kind is ev.Reply and effect.final:
+                _log_outcome(getattr(session, "kind", "op"), effect.client, effect.body)
             if session is not None:
                 session.enqueue(effect)
             elif kind is ev.DeliverStripe:
@@ -290,7 +294,8 @@ class Daemon:
             if effect.payload is not None:
                 self.buffers.give_back(effect.payload)
             self.metrics.errors.labels("send").inc()
-            log.debug("sending %s to %s failed: %s", message.TYPE, effect.peer, err)
+            log.debug("sending %s to %s failed: %s", message.TYPE, effect.peer, err,
+                      extra=fields("send_failed", peer=effect.peer, message_type=message.TYPE))
             if isinstance(err, PeerSilent) and effect.peer in self.peers.conns:
                 await self.peers.drop(effect.peer, self.peers.conns[effect.peer])
             if is_request:
@@ -337,11 +342,14 @@ class Daemon:
                 self.feed(ev.StoreHealthChanged(False, str(err)[:200]))
                 held = self.read_only_warnings.allow(trio.current_time())
                 if held is None:
-                    log.debug("%s failed: %s", what, err)
+                    log.debug("%s failed: %s", what, err, extra=fields(
+                        "disk_error", operation=what, path=err.path or None, errno=err.errno, read_only=True))
                     return f"{what} failed: {err}"
         else:
             self.metrics.errors.labels("store").inc()
-        log.warning("%s failed: %s", what, err)
+        log.warning("%s failed: %s", what, err,
+                    extra=fields("disk_error", operation=what, path=getattr(err, "path", None) or None,
+                                 errno=getattr(err, "errno", None), read_only=getattr(err, "read_only", None) or None))
         return f"{what} failed: {err}"
 
     async def _do_ProbeStore(self, effect: ev.ProbeStore) -> None:
@@ -349,7 +357,8 @@ class Daemon:
         try:
             await trio.to_thread.run_sync(self.pieces.probe_writable)
             ok, error = True, ""
-            log.info("the data directory %s is writable again: taking pieces again", self.config.data_dir)
+            log.info("the data directory %s is writable again: taking pieces again", self.config.data_dir,
+                     extra=fields("disk_writable"))
         except (PeerstoreError, OSError) as err:
             ok, error = False, str(err)[:200]
         self.feed(ev.StoreProbed(effect.tag, ok, error))
@@ -371,7 +380,8 @@ class Daemon:
         if not ok and not missing:
             self.metrics.errors.labels("corrupt_piece").inc()
             log.warning("held piece %s no longer matches its id; moved it to %s", effect.piece_id.hex()[:16],
-                        self.pieces.quarantine_dir)
+                        self.pieces.quarantine_dir,
+                        extra=fields("piece_quarantined", piece=effect.piece_id.hex()))
         self.feed(ev.HeldPieceVerified(effect.tag, effect.piece_id, ok, size=size, missing=missing))
 
     async def _do_DeletePieces(self, effect: ev.DeletePieces) -> None:
@@ -389,6 +399,9 @@ class Daemon:
         async with self.store_limiter:
             gone, freed, failure = await trio.to_thread.run_sync(remove)
         error = ""
+        if gone:
+            log.info("deleted %d piece(s), %d bytes freed", len(gone), freed,
+                     extra=fields("pieces_deleted", pieces=len(gone), freed=freed))
         if failure is not None:
             error = self._store_failed(f"deleting {len(effect.piece_ids) - len(gone)} piece(s)", failure)
         self.feed(ev.PiecesDeleted(effect.tag, tuple(gone), freed, error[:200]))
@@ -436,6 +449,9 @@ class Daemon:
         self.buffers.give_back(effect.handle)
         if not ok:
             self.metrics.errors.labels("corrupt_piece").inc()
+            if data is not None:
+                log.warning("bytes received or rebuilt for piece %s do not match its id; not used",
+                            effect.piece_id.hex()[:16], extra=fields("piece_corrupt", piece=effect.piece_id.hex()))
         self.feed(ev.PieceVerified(effect.tag, ok))
 
     async def _do_StoreManifestLocal(self, effect: ev.StoreManifestLocal) -> None:
@@ -494,7 +510,7 @@ class Daemon:
             handles = tuple((pos, self.buffers.add(data)) for pos, data in sorted(made.items()))
         except (FormatError, ValueError) as err:
             error = str(err)[:200]
-            log.warning("rebuilding pieces for repair failed: %s", err)
+            log.warning("rebuilding pieces for repair failed: %s", err, extra=fields("repair_rebuild_failed"))
         finally:
             for _, handle in effect.pieces:
                 self.buffers.give_back(handle)
@@ -532,7 +548,8 @@ class Daemon:
         try:
             await self._serve_connection(stream, local)
         except Exception:
-            log.exception("error while serving a connection from %s", _remote(stream))
+            log.exception("error while serving a connection from %s", _remote(stream),
+                          extra=fields("internal_error", remote=_remote(stream)))
             self.metrics.errors.labels("internal").inc()
             with trio.move_on_after(1):
                 await stream.aclose()
@@ -553,9 +570,11 @@ class Daemon:
                 held = self.auth_warnings.allow(trio.current_time())
                 if held is not None:
                     log.warning("refused a connection from %s: %s%s", _remote(stream), err,
-                                f" ({held} more refused since the last warning)" if held else "")
+                                f" ({held} more refused since the last warning)" if held else "",
+                                extra=fields("handshake_refused", remote=_remote(stream), held=held or None))
             except (CodecError, PeerClosed, trio.TooSlowError, trio.BrokenResourceError, OSError) as err:
-                log.debug("handshake with %s failed: %s", _remote(stream), err)
+                log.debug("handshake with %s failed: %s", _remote(stream), err,
+                          extra=fields("handshake_failed", remote=_remote(stream)))
             finally:
                 self.handshakes.done(ticket)
         if gate_scope.cancelled_caught:
@@ -619,12 +638,13 @@ class Daemon:
                 return
             except CodecError as err:
                 self.metrics.errors.labels("codec").inc()
-                log.warning("dropping connection to %s: %s", peer, err)
+                log.warning("dropping connection to %s: %s", peer, err, extra=fields("peer_dropped", peer=peer))
                 return
             except trio.TooSlowError:
                 self.metrics.errors.labels("memory").inc()
                 log.warning("dropping connection to %s: its next payload did not fit transfer.memory_budget "
-                            "(%d bytes held) within %g s", peer, self.payloads.used, self.payloads.timeout)
+                            "(%d bytes held) within %g s", peer, self.payloads.used, self.payloads.timeout,
+                            extra=fields("peer_dropped", peer=peer))
                 return
             finally:
                 if charged:
@@ -676,6 +696,30 @@ class Daemon:
 
     def wall_clock(self) -> float:
         return time.time()
+
+
+def _log_outcome(kind: str, op: int, body: Any) -> None:
+    """The line a finished client (or watcher) operation leaves: ``<kind>_done`` or, as a
+    warning, ``<kind>_failed``; ``op`` ties it to the session's ``<kind>_started`` line."""
+    if isinstance(body, ev.Failed):
+        log.warning("%s", body.reason,
+                    extra=fields(f"{kind}_failed", op=op, outcome_unknown=body.outcome_unknown or None))
+    elif isinstance(body, ev.PutDone):
+        log.info("stored %s@%s: %d bytes, tolerance %d", body.name, body.version, body.size, body.tolerance,
+                 extra=fields("put_done", f"{body.name}@{body.version}", op=op, size=body.size,
+                              tolerance=body.tolerance, manifest_id=body.manifest_id.hex()))
+    elif isinstance(body, ev.GetDone):
+        log.info("sent %s@%s: %d bytes, %d stripe(s) rebuilt from parity", body.name, body.version, body.size,
+                 body.degraded_stripes,
+                 extra=fields("get_done", f"{body.name}@{body.version}", op=op, size=body.size,
+                              degraded=body.degraded_stripes, fallbacks=body.fallbacks))
+    elif isinstance(body, ev.Removed):
+        log.info("removed version(s) %s", ", ".join(body.versions) or "(none)",
+                 extra=fields("rm_done", op=op, versions=",".join(body.versions)))
+    elif isinstance(body, ev.VerifyDone):
+        ok = bool(body.report.get("ok"))
+        log.log(logging.INFO if ok else logging.WARNING, "verify finished: %s", "all well" if ok else "problems found",
+                extra=fields("verify_done", op=op, ok=ok))
 
 
 def _peer_address(wire: WireStream) -> tuple[str, int]:
