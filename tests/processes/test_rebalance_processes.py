@@ -13,10 +13,12 @@ import json
 
 import pytest
 
+from peerstore.core.rebalance import still_spare
+from peerstore.core.repair import stripes_of
 from peerstore.testing.procs import ProcCluster, wait_for
 from tests.processes.test_gc_processes import pieces_bytes
 from tests.processes.test_repair_processes import disk_tolerance, tolerances_now
-from tests.support.real_nodes import MiB, assert_gets_exact, model, put_each
+from tests.support.real_nodes import MiB, assert_gets_exact, model, piece_path, put_each
 
 pytestmark = pytest.mark.procs
 
@@ -24,6 +26,16 @@ EXTRA = {
     "repair": {"grace_seconds": 4.0},
     "gc": {"interval_seconds": 2.0, "lease_seconds": 3.0, "margin_seconds": 1.0},
 }
+
+
+def spare_on_disk(c: ProcCluster, manifests: dict, nodes: set[int]) -> list[tuple[str, int]]:
+    """(piece, node) for every copy on the disks of ``nodes`` the stripes could do without."""
+    ids = {i: c.nodes[i].node_id for i in nodes}
+    stripes = [s for m in manifests.values() for s in stripes_of(m)]
+    holders = {pid: {ids[i] for i in nodes if piece_path(c, i, pid).is_file()}
+               for s in stripes for pid in s.piece_ids}
+    return [(pid.hex()[:8], i) for pid, hs in holders.items() for i in nodes
+            if ids[i] in hs and still_spare(pid, ids[i], stripes, holders, set(ids.values()))]
 
 
 def node_bytes(c: ProcCluster, i: int) -> int:
@@ -62,17 +74,16 @@ def test_a_sixth_node_gets_data_and_tolerance_reaches_3(tmp_path):
             raise AssertionError(f"{err}: {tolerances_now(c, 0)}\n{c.log_tails()}") from None
         assert node_bytes(c, 5) > 0, "nothing moved onto the new node"
 
-        # Surplus from the raise is dropped: the disks settle near the policy's worth.
-        def settled() -> bool:
-            first = pieces_bytes(c)
-            return first == pieces_bytes(c) and all(
-                (c.metrics(i) or "").find("peerstore_rebalance_left 0") >= 0 for i in six)
-
-        wait_for(settled, timeout=120, what="rebalance to go quiet", interval=2.0)
+        # Whatever the raise left surplus is dropped: in the end no copy on any disk could
+        # go without taking a stripe below the policy (checked from the piece files).
+        spare_copies = lambda: spare_on_disk(c, manifests, six)  # noqa: E731
+        try:
+            wait_for(lambda: not spare_copies(), timeout=180, what="no surplus copy left", interval=2.0)
+        except TimeoutError as err:
+            raise AssertionError(f"{err}: {spare_copies()[:10]}\n{c.log_tails()}") from None
         share = pieces_bytes(c) / 6
-        dropped = sum(_counter(c.metrics(i), "peerstore_rebalance_pieces_dropped_total") for i in six)
-        assert dropped > 0, "the raise to tolerance 3 left no surplus copy to drop: rebalance never ran"
         assert node_bytes(c, 5) >= 0.5 * share, f"the new node holds {node_bytes(c, 5)}; a sixth is {share:.0f}"
+        assert all(disk_tolerance(c, m, six) == 3 for m in manifests.values()), "dropping surplus lowered tolerance"
         listing = json.loads(c.cli("ls", "--json", check=True).stdout)
         assert {e["name"] for e in listing} == set(sources)
 
@@ -87,8 +98,28 @@ def test_a_sixth_node_gets_data_and_tolerance_reaches_3(tmp_path):
         assert_gets_exact(c, tmp_path / "out", sources, f"after three kills {worst}")
 
 
-def _counter(text: str | None, name: str) -> float:
-    for line in (text or "").splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+
+@pytest.mark.timeout(600)
+def test_a_node_back_after_its_pieces_were_recreated_leaves_no_surplus(tmp_path):
+    with ProcCluster(tmp_path / "cluster", 5, extra=EXTRA) as c:
+        c.start_all(timeout=60)
+        sources = {"run1/a": model(tmp_path, 9 * MiB, seed=41), "run1/b": model(tmp_path, 8 * MiB + 5, seed=42)}
+        manifests = put_each(c, sources, tolerance=2)
+        everyone = set(range(5))
+        before = pieces_bytes(c)
+        away = 3
+        c.kill(away)  # its disk stays: it comes back after the grace, with everything it held
+        c.wait_alive(4, timeout=90, via=[0])
+        wait_for(lambda: all(disk_tolerance(c, m, everyone - {away}) == 2 for m in manifests.values()),
+                 timeout=180, what="repair to restore tolerance 2 without the away node", interval=1.0)
+        assert spare_on_disk(c, manifests, everyone), "its return should leave surplus copies"
+        c.start(away)
+        c.wait_alive(5, timeout=90, via=[0])
+        try:
+            wait_for(lambda: not spare_on_disk(c, manifests, everyone), timeout=180,
+                     what="the surplus to be dropped", interval=2.0)
+        except TimeoutError as err:
+            raise AssertionError(f"{err}: {spare_on_disk(c, manifests, everyone)[:10]}\n{c.log_tails()}") from None
+        assert all(disk_tolerance(c, m, everyone) >= 2 for m in manifests.values())
+        assert pieces_bytes(c) <= before * 1.1, (pieces_bytes(c), before)
+        assert_gets_exact(c, tmp_path / "out", sources, "after the surplus was dropped")
