@@ -15,13 +15,14 @@ from peerstore.shell.daemon.admission import MAX_PENDING_PER_ADDRESS
 from peerstore.shell.daemon.node import Daemon
 from peerstore.shell.identity import load_or_create_identity
 from peerstore.shell.wirestream import dial
+from peerstore.testing.procs import free_port
 
 KEY = bytes(range(32))
 WRONG = bytes(32)
 
 
 def make_daemon(data_dir: Path) -> Daemon:
-    config = Config(source="test", data_dir=data_dir, cluster_key=KEY, listen_host="127.0.0.1", listen_port=0,
+    config = Config(source="test", data_dir=data_dir, cluster_key=KEY, listen_host="127.0.0.1", listen_port=free_port(),
                     metrics_port=0, mdns=False)
     return Daemon(config, load_or_create_identity(data_dir))
 

@@ -33,6 +33,7 @@ from peerstore.shell.identity import load_or_create_identity
 from peerstore.shell.peercred import client_socket_path, peer_uid
 from peerstore.wire import ConnectionClosed, Message
 from peerstore.wire import client_protocol as cp
+from peerstore.testing.procs import free_port
 
 KEY = bytes(range(32))
 NOBODY = 65534
@@ -40,7 +41,7 @@ NOBODY = 65534
 
 def make_daemon(data_dir: Path, seeds: tuple = ()) -> Daemon:
     data_dir.mkdir(parents=True, exist_ok=True)
-    config = Config(source="test", data_dir=data_dir, cluster_key=KEY, listen_host="127.0.0.1", listen_port=0,
+    config = Config(source="test", data_dir=data_dir, cluster_key=KEY, listen_host="127.0.0.1", listen_port=free_port(),
                     metrics_port=0, mdns=False, seeds=seeds, policy=Policy(shard_size=64 * 1024, min_tolerance=0))
     return Daemon(config, load_or_create_identity(data_dir))
 

@@ -16,6 +16,7 @@ from peerstore.shell.daemon.node import Daemon
 from peerstore.shell.identity import load_or_create_identity
 from peerstore.shell.wirestream import dial
 from peerstore.wire import MAX_PAYLOAD
+from peerstore.testing.procs import free_port
 
 KEY = bytes(range(32))
 MiB = 1 << 20
@@ -70,7 +71,7 @@ def test_a_freed_buffer_gives_its_bytes_back():
 def test_many_connections_declaring_the_largest_payload_cost_one_allocation(tmp_path: Path):
     """Eight authenticated connections each announce an 80 MiB payload and send three
     bytes of it. Before the budget the node allocated (and zeroed) 640 MiB at once."""
-    config = Config(source="test", data_dir=tmp_path, cluster_key=KEY, listen_host="127.0.0.1", listen_port=0,
+    config = Config(source="test", data_dir=tmp_path, cluster_key=KEY, listen_host="127.0.0.1", listen_port=free_port(),
                     metrics_port=0, mdns=False, transfer=TransferSettings(memory_budget=16 * MiB))
     daemon = Daemon(config, load_or_create_identity(tmp_path))
     peak: dict[str, float] = {}
