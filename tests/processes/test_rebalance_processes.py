@@ -8,7 +8,6 @@ killing the three nodes whose loss hurts most: every get is byte-identical.
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
@@ -17,8 +16,10 @@ from peerstore.core.rebalance import still_spare
 from peerstore.core.repair import stripes_of
 from peerstore.testing.procs import ProcCluster, wait_for
 from tests.processes.test_gc_processes import pieces_bytes
-from tests.processes.test_repair_processes import disk_tolerance, tolerances_now
-from tests.support.real_nodes import MiB, assert_gets_exact, model, piece_path, put_each
+from tests.processes.test_repair_processes import tolerances_now
+from tests.support.real_nodes import (
+    MiB, assert_gets_exact, disk_tolerance, kill_hardest, model, piece_path, put_each,
+)
 
 pytestmark = pytest.mark.procs
 
@@ -87,14 +88,7 @@ def test_a_sixth_node_gets_data_and_tolerance_reaches_3(tmp_path):
         listing = json.loads(c.cli("ls", "--json", check=True).stdout)
         assert {e["name"] for e in listing} == set(sources)
 
-        # The three nodes (not the coordinator) whose loss leaves the least.
-        def left(trio: tuple[int, ...]) -> int:
-            return min(disk_tolerance(c, m, six - set(trio)) for m in manifests.values())
-
-        worst = min(itertools.combinations(sorted(six - {0}), 3), key=left)
-        assert left(worst) >= 0
-        for i in worst:
-            c.kill(i)
+        worst = kill_hardest(c, manifests, six, 3)
         assert_gets_exact(c, tmp_path / "out", sources, f"after three kills {worst}")
 
 

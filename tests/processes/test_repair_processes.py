@@ -9,29 +9,19 @@ two survivors whose loss hurts most are killed as well: every get is byte-identi
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 
 import pytest
 
-from peerstore.model import placement
-from peerstore.model.manifest import Manifest
 from peerstore.testing.procs import ProcCluster, wait_for
-from tests.support.real_nodes import MiB, assert_gets_exact, model, piece_path, put_each
+from tests.support.real_nodes import (
+    MiB, assert_gets_exact, disk_tolerance, kill_hardest, model, piece_path, put_each,
+)
 
 pytestmark = pytest.mark.procs
 
 GRACE = 4.0
-
-
-def disk_tolerance(c: ProcCluster, manifest: Manifest, nodes: set[int]) -> int:
-    """Exact tolerance of what the disks of ``nodes`` hold (read from the piece files)."""
-    stripes = []
-    for _, _, stripe in manifest.iter_stripes():
-        holders = [{i for i in nodes if piece_path(c, i, pid).is_file()} for pid in stripe.piece_ids]
-        stripes.append((holders, stripe.k))
-    return placement.checkpoint_tolerance(stripes, empty=len(nodes) - 1)
 
 
 def tolerances_now(c: ProcCluster, via: int) -> dict[str, int]:
@@ -77,14 +67,7 @@ def test_kill9_and_wipe_one_node_then_repair_restores_tolerance_2_and_survives_t
         # Parity chunks on the lost node had no other copy: the daemon's rebuild path ran.
         assert sum(_metric(text, 'peerstore_core_events_total{kind="repair_rebuilds"}') for text in metrics) > 0
 
-        # The two survivors (not the coordinator) whose loss leaves the least.
-        def left(pair: tuple[int, int]) -> int:
-            return min(disk_tolerance(c, m, survivors - set(pair)) for m in manifests.values())
-
-        worst = min(itertools.combinations(sorted(survivors - {0}), 2), key=left)
-        assert left(worst) >= 0
-        for i in worst:
-            c.kill(i)
+        worst = kill_hardest(c, manifests, survivors, 2)
         assert_gets_exact(c, tmp_path / "out", sources, f"after repair and two more kills {worst}")
 
 

@@ -279,3 +279,24 @@ def snapshot(root: Path) -> dict[str, bytes]:
             path = Path(dirpath) / name
             out[path.relative_to(root).as_posix()] = path.read_bytes()
     return out
+
+
+def run_client(node: "FakeNode", fn, *, timeout: float = 5.0, key: bytes = KEY):
+    """Serve ``node`` and run ``fn(client)`` against it (a NodeClient that finds its local
+    socket) in one trio.run; an exception from ``fn`` is raised here."""
+    from peerstore.shell.client import NodeClient
+
+    async def main():
+        box = {}
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(node.serve)
+            try:
+                box["value"] = await fn(NodeClient("127.0.0.1", port, key, timeout, local_socket=node.local_socket))
+            except Exception as err:  # noqa: BLE001 - re-raised outside the nursery
+                box["error"] = err
+            nursery.cancel_scope.cancel()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return trio.run(main)

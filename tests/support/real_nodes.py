@@ -3,8 +3,11 @@ the nodes hold on disk, read from their data directories rather than taken on tr
 
 from __future__ import annotations
 
+import itertools
+
 from pathlib import Path
 
+from peerstore.model import placement
 from peerstore.model.manifest import Manifest
 from peerstore.model.placement import StripePlacement
 from peerstore.model.policy import MiB
@@ -65,3 +68,25 @@ def assert_gets_exact(c: ProcCluster, out_dir: Path, sources: dict[str, Path], w
         assert got.returncode == 0, (f"get {name} {why} failed\nstdout: {got.stdout}\n"
                                      f"stderr: {got.stderr}\n{c.log_tails()}")
         assert out.read_bytes() == path.read_bytes()
+
+
+def disk_tolerance(c: ProcCluster, manifest: Manifest, nodes: set[int]) -> int:
+    """Exact tolerance of what the disks of ``nodes`` hold (read from the piece files)."""
+    stripes = []
+    for _, _, stripe in manifest.iter_stripes():
+        holders = [{i for i in nodes if piece_path(c, i, pid).is_file()} for pid in stripe.piece_ids]
+        stripes.append((holders, stripe.k))
+    return placement.checkpoint_tolerance(stripes, empty=len(nodes) - 1)
+
+
+def kill_hardest(c: ProcCluster, manifests: dict[str, Manifest], nodes: set[int], count: int) -> tuple[int, ...]:
+    """Kill the ``count`` nodes of ``nodes`` (never node 0, the coordinator) whose loss
+    leaves the stored checkpoints the least tolerance, going by the piece files; returns them."""
+    def left(victims: tuple[int, ...]) -> int:
+        return min(disk_tolerance(c, m, nodes - set(victims)) for m in manifests.values())
+
+    worst = min(itertools.combinations(sorted(nodes - {0}), count), key=left)
+    assert left(worst) >= 0, f"losing {worst} would already lose data"
+    for i in worst:
+        c.kill(i)
+    return worst

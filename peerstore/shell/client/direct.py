@@ -11,7 +11,6 @@ file is fsynced once verified; the result is renamed into place as a streamed ge
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import resource
@@ -24,7 +23,7 @@ import blake3
 
 from peerstore.errors import CodecError, DiskFullError, PeerstoreError
 from peerstore.model.manifest import Manifest
-from peerstore.shell.client.writer import CheckpointWriter
+from peerstore.shell.client.writer import CheckpointWriter, write_all
 from peerstore.shell.durable import fsync_dir, fsync_file
 from peerstore.wire.client_protocol import MAX_FD_FILES  # more files, and the get streams
 
@@ -176,15 +175,8 @@ class DirectWriter(CheckpointWriter):
     def write(self, data: memoryview | bytes) -> None:
         if len(data) > self._stripe_left:
             raise CodecError("the node sent more stripe bytes than it announced")
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(self._stream_fd, view, self._stream_at)
-                view, self._stream_at = view[n:], self._stream_at + n
-        except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"no space left on the disk of {self.parent}; nothing was replaced") from None
-            raise PeerstoreError(f"cannot write {self.temp}: {err.strerror or err}") from None
+        write_all(self._stream_fd, data, self._stream_at, self.parent, self.temp)
+        self._stream_at += len(data)
         self._stripe_left -= len(data)
         self.bytes_written += len(data)
         self.streamed += len(data)

@@ -62,6 +62,21 @@ def output_target(manifest: Manifest, out: Path, force: bool, into_dir: bool = F
     return target
 
 
+def write_all(fd: int, data: memoryview | bytes, at: int | None, parent: Path, temp: Path) -> None:
+    """Write all of ``data`` to ``fd`` (at offset ``at`` with pwrite, else at its position).
+    A full disk is a DiskFullError, any other failure a PeerstoreError naming ``temp``."""
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
+            view = view[n:]
+            at = None if at is None else at + n
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on the disk of {parent}; nothing was replaced") from None
+        raise PeerstoreError(f"cannot write {temp}: {err.strerror or err}") from None
+
+
 def _stripe_layout(manifest: Manifest) -> list[tuple[int, int, int]]:
     """(file index, offset, length) of every stripe, in the order the node sends them."""
     return [(index, offset, sum(stripe.data_lengths)) for index, offset, stripe in manifest.stripe_offsets()]
@@ -155,15 +170,7 @@ class CheckpointWriter:
             raise CodecError("the node sent more stripe bytes than it announced")
         assert self._fd is not None
         self._hasher.update(data)
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-        except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"no space left on the disk of {self.parent}; nothing was replaced") from None
-            raise PeerstoreError(f"cannot write {self.temp}: {err.strerror or err}") from None
+        write_all(self._fd, data, None, self.parent, self.temp)
         self._stripe_left -= len(data)
         self._written += len(data)
         self.bytes_written += len(data)

@@ -22,28 +22,14 @@ from peerstore.errors import (
     TargetExists,
     UsageError,
 )
-from tests.support.fake_node import KEY, FakeNode, build_manifest, random_bytes, snapshot, write_tree
+from tests.support.fake_node import KEY, FakeNode, build_manifest, random_bytes, run_client, snapshot, write_tree
 
 SMALL = 300_000  # > one 4 x 64 KiB stripe, so files have several stripes
 
 
 def run(node: FakeNode, fn, *, timeout: float = 5.0, key: bytes = KEY):
     """Serve ``node`` and run ``fn(client)`` against it in one trio.run."""
-
-    async def main():
-        box = {}
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(node.serve)
-            try:
-                box["value"] = await fn(NodeClient("127.0.0.1", port, key, timeout, local_socket=node.local_socket))
-            except Exception as err:  # noqa: BLE001 - re-raised outside the nursery
-                box["error"] = err
-            nursery.cancel_scope.cancel()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    return trio.run(main)
+    return run_client(node, fn, timeout=timeout, key=key)
 
 
 def temps(directory: Path) -> list[str]:

@@ -11,33 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-import trio
 
 import peerstore.shell.client.api as api
 from peerstore.errors import CHANGED_DURING_PUT, SourceChangedError, UsageError
-from peerstore.shell.client import NodeClient
 from peerstore.shell.client.sources import SourceFile, explicit_source
 from peerstore.wire.client_protocol import failed, parse_put_stats
-from tests.support.fake_node import KEY, FakeNode, random_bytes, write_tree
+from tests.support.fake_node import FakeNode, random_bytes, run_client, write_tree
 
 MiB = 1 << 20
 
 
 def run(node: FakeNode, fn, *, timeout: float = 10.0):
-    async def main():
-        box = {}
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(node.serve)
-            try:
-                box["value"] = await fn(NodeClient("127.0.0.1", port, KEY, timeout, local_socket=node.local_socket))
-            except Exception as err:  # noqa: BLE001 - re-raised outside the nursery
-                box["error"] = err
-            nursery.cancel_scope.cancel()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    return trio.run(main)
+    return run_client(node, fn, timeout=timeout)
 
 
 def listed(root: Path, *paths: str) -> list[SourceFile]:

@@ -18,9 +18,9 @@ import trio
 from peerstore.shell import fdpass
 from peerstore.shell.client.connection import open_local_wire, open_wire
 from peerstore.shell.daemon.node import Daemon
-from peerstore.wire import ConnectionClosed, Message
+from peerstore.wire import Message
 from peerstore.wire import client_protocol as cp
-from tests.shell.daemon.test_local_trust import KEY, client, with_cluster
+from tests.shell.daemon.test_local_trust import KEY, client, next_frame, with_cluster
 
 SIZE = 300_000  # a few 64 KiB stripes' worth
 
@@ -33,20 +33,6 @@ def source(tmp_path: Path) -> bytes:
 
 async def store(a: Daemon, tmp_path: Path) -> None:
     await client(a, local=False).put(tmp_path / "src.bin", "t/x", stream=True)
-
-
-async def next_frame(wire: Any) -> dict:
-    """The next header that is not progress (a payload is read and dropped)."""
-    while True:
-        event = await wire.next_event()
-        if isinstance(event, ConnectionClosed):
-            return {"t": "closed"}
-        if not isinstance(event, Message):
-            continue
-        if event.payload_len:
-            await wire.read_payload(event, lambda view: None)
-        if event.header.get("t") != "progress":
-            return dict(event.header)
 
 
 async def start_fd_get(wire: Any) -> dict:

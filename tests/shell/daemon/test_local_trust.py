@@ -71,20 +71,25 @@ def client(a: Daemon, local: bool = True) -> NodeClient:
                       local_socket=client_socket_path(a.config.data_dir) if local else None)
 
 
+async def next_frame(wire: Any) -> dict:
+    """The next header that is not progress (a payload is read and dropped)."""
+    while True:
+        event = await wire.next_event()
+        if isinstance(event, ConnectionClosed):
+            return {"t": "closed"}
+        if not isinstance(event, Message):
+            continue
+        if event.payload_len:
+            await wire.read_payload(event, lambda view: None)
+        if event.header.get("t") != "progress":
+            return dict(event.header)
+
+
 async def answer(wire: Any, header: dict) -> dict:
     """Send one request on ``wire`` and return the node's final answer (progress skipped)."""
     try:
         await wire.send(header)
-        while True:
-            event = await wire.next_event()
-            if isinstance(event, ConnectionClosed):
-                return {"t": "closed"}
-            if not isinstance(event, Message):
-                continue
-            if event.payload_len:
-                await wire.read_payload(event, lambda view: None)
-            if event.header.get("t") != "progress":
-                return dict(event.header)
+        return await next_frame(wire)
     finally:
         await wire.aclose()
 
