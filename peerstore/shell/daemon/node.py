@@ -263,7 +263,9 @@ class Daemon:
                 _log_outcome(getattr(session, "kind", "op"), effect.client, effect.body)
             if session is not None:
                 session.enqueue(effect)
-            elif kind is ev.DeliverStripe:
+            elif kind is ev.DeliverStripe:  # the shell owns its pieces now: give them back
+                for _, handle in effect.pieces:
+                    self.buffers.release(handle)
                 self.feed(ev.StripeDelivered(effect.op, effect.stripe, False, "client gone"))
         else:
             self.nursery.start_soon(getattr(self, "_do_" + kind.__name__), effect)

@@ -116,3 +116,17 @@ def test_an_unreadable_catalog_at_boot_names_the_file(tmp_path: Path, monkeypatc
     monkeypatch.setattr(Path, "read_bytes", broken)
     with pytest.raises(DiskIOError, match=r"catalog\.bin failed: \[Errno 5 EIO\]"):
         make_daemon(tmp_path)
+
+
+def test_a_stripe_for_a_client_already_gone_gives_its_buffers_back(tmp_path: Path):
+    """A get's client disconnected while the core still handed over a stripe: the pieces'
+    buffers (the shell owns them from DeliverStripe on) are released, not leaked."""
+    daemon = make_daemon(tmp_path)
+    daemon.nursery = object()  # _dispatch only needs one for the effects it starts as tasks
+    handles = [daemon.buffers.add(bytearray(1000)) for _ in range(3)]
+    assert len(daemon.buffers) == 3
+    daemon._dispatch(ev.DeliverStripe(op=7, client=("gone", 1), stripe=0, file_index=0, offset=0, k=2, p=1,
+                                      shard_lengths=(500, 500), pieces=tuple(enumerate(handles)),
+                                      piece_ids=(bytes(32),) * 3))
+    assert len(daemon.buffers) == 0
+    assert any(isinstance(e, ev.StripeDelivered) and not e.ok for e in drained(daemon))
