@@ -14,14 +14,13 @@ from __future__ import annotations
 import functools
 import os
 import resource
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import blake3
 
-from peerstore.errors import CodecError, DiskFullError, PeerstoreError
+from peerstore.errors import CodecError, PeerstoreError
 from peerstore.model.manifest import Manifest
 from peerstore.shell.client.writer import CheckpointWriter, write_all
 from peerstore.shell.durable import fsync_dir, fsync_file
@@ -105,16 +104,7 @@ class DirectWriter(CheckpointWriter):
         self.streamed = 0  # bytes the node streamed to us after it could not write them itself
 
     def open(self) -> None:
-        for index in range(len(self.manifest.files)):
-            self._file_path(index)  # every path checked before anything is created
-        try:
-            self.parent.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(self.parent).free
-        except OSError as err:
-            raise PeerstoreError(f"cannot write to {self.parent}: {err.strerror or err}") from None
-        if free < self.total_size:
-            raise DiskFullError(f"{self.parent} has {free} bytes free but the checkpoint needs {self.total_size}; "
-                                "free space or choose another --out")
+        self._prepare()
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
         try:
             if self.manifest.is_dir:

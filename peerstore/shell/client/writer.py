@@ -121,8 +121,8 @@ class CheckpointWriter:
             raise FormatError(f"manifest path {self.manifest.files[index].path!r} leads outside the output directory")
         return path
 
-    def open(self) -> None:
-        """Create the parent directory if needed, check free space, create the temp."""
+    def _prepare(self) -> None:
+        """Check every output path, create the parent directory, check the free space."""
         for index in range(len(self.manifest.files)):
             self._file_path(index)  # every path checked before anything is created
         try:
@@ -135,6 +135,10 @@ class CheckpointWriter:
                 f"{self.parent} has {free} bytes free but the checkpoint needs {self.total_size}; "
                 "free space or choose another --out"
             )
+
+    def open(self) -> None:
+        """Create the parent directory if needed, check free space, create the temp."""
+        self._prepare()
         try:
             if self.manifest.is_dir:
                 os.mkdir(self.temp)  # default mode (umask applies), like any new directory

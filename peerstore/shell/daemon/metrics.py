@@ -94,6 +94,15 @@ class SnapshotCollector:
         yield events
 
 
+def _series(family: type, table: tuple[tuple[str, str, str], ...], values: dict[str, Any]):
+    """One unlabelled metric per (name, help, key) row of ``table``, valued ``values[key]``
+    (0 when absent or None: every series is present from the start)."""
+    for name, text, key in table:
+        metric = family(name, text)
+        metric.add_metric([], float(values.get(key) or 0))
+        yield metric
+
+
 def _watch_metrics(watch: dict[str, Any]):
     """The watcher's series; all present (at 0) on a node that watches nothing."""
     gauges = (
@@ -104,20 +113,14 @@ def _watch_metrics(watch: dict[str, Any]):
         ("peerstore_watch_last_success_timestamp_seconds",
          "Unix time the watcher last stored a checkpoint (0: never)", "last_success"),
     )
-    for name, text, key in gauges:
-        gauge = GaugeMetricFamily(name, text)
-        gauge.add_metric([], watch.get(key, 0) or 0)
-        yield gauge
+    yield from _series(GaugeMetricFamily, gauges, watch)
     counters = (
         ("peerstore_watch_stored", "Checkpoints the watcher stored since the node started", "stored"),
         ("peerstore_watch_unchanged", "Rewritten checkpoints not stored again: same content", "unchanged"),
         ("peerstore_watch_read_changed", "Store attempts abandoned because a file changed while read",
          "read_changed"),
     )
-    for name, text, key in counters:
-        counter = CounterMetricFamily(name, text)
-        counter.add_metric([], watch.get(key, 0))
-        yield counter
+    yield from _series(CounterMetricFamily, counters, watch)
     failures = CounterMetricFamily("peerstore_watch_failures", "Watcher store attempts that failed, by reason",
                                    labels=["reason"])
     for reason, count in sorted({**dict.fromkeys(WATCH_FAILURE_KINDS, 0), **watch.get("failures", {})}.items()):
@@ -139,10 +142,7 @@ def _repair_metrics(repair: dict[str, Any], core: dict[str, Any]):
         ("peerstore_rebalance_bytes_left", "Bytes this node's rebalance moves still have to copy",
          "rebalance_bytes_left"),
     )
-    for name, text, key in gauges:
-        gauge = GaugeMetricFamily(name, text)
-        gauge.add_metric([], repair.get(key, 0) or 0)
-        yield gauge
+    yield from _series(GaugeMetricFamily, gauges, repair)
     majority = GaugeMetricFamily(
         "peerstore_repair_majority", "1 while this node sees a majority of the last stable membership (may repair)")
     majority.add_metric([], 1 if repair.get("majority") else 0)
@@ -156,10 +156,7 @@ def _repair_metrics(repair: dict[str, Any], core: dict[str, Any]):
         ("peerstore_rebalance_pieces_dropped", "Surplus piece copies this node dropped for rebalance",
          "rebalance_pieces_dropped"),
     )
-    for name, text, key in counters:
-        counter = CounterMetricFamily(name, text)
-        counter.add_metric([], core.get(key, 0))
-        yield counter
+    yield from _series(CounterMetricFamily, counters, core)
 
 
 def _scrub_metrics(scrub: dict[str, Any]):
@@ -173,10 +170,7 @@ def _scrub_metrics(scrub: dict[str, Any]):
         ("peerstore_scrub_corrupt_found",
          "Held pieces scrub found corrupt (moved to quarantine, re-created from other copies)", "corrupt_found"),
     )
-    for name, text, key in counters:
-        counter = CounterMetricFamily(name, text)
-        counter.add_metric([], scrub.get(key, 0) or 0)
-        yield counter
+    yield from _series(CounterMetricFamily, counters, scrub)
     gauges = (
         ("peerstore_scrub_period_seconds", "scrub.period: every piece is re-read once in this time (0: off)",
          "period"),
@@ -184,10 +178,7 @@ def _scrub_metrics(scrub: dict[str, Any]):
         ("peerstore_scrub_behind",
          "1 if a pass at scrub.max_bytes_per_second takes longer than scrub.period", "behind"),
     )
-    for name, text, key in gauges:
-        gauge = GaugeMetricFamily(name, text)
-        gauge.add_metric([], float(scrub.get(key) or 0))
-        yield gauge
+    yield from _series(GaugeMetricFamily, gauges, scrub)
     progress = GaugeMetricFamily("peerstore_scrub_pass_progress_ratio", "Fraction of the current pass done")
     total = scrub.get("pass_total") or 0
     progress.add_metric([], (scrub.get("pass_done") or 0) / total if total else 0.0)
@@ -208,10 +199,7 @@ def _gc_metrics(gc: dict[str, Any], disk: dict[str, Any]):
          "Bytes of pieces no live version needs yet, held by a running put's lease (or the boot lease)",
          "leased_bytes"),
     )
-    for name, text, key in gauges:
-        gauge = GaugeMetricFamily(name, text)
-        gauge.add_metric([], gc.get(key, 0) or 0)
-        yield gauge
+    yield from _series(GaugeMetricFamily, gauges, gc)
     blocked = GaugeMetricFamily("peerstore_gc_blocked",
                                 "1 if this node's last GC pass stopped before deleting (see peerstore status)")
     blocked.add_metric([], 1 if gc.get("blocked") else 0)
