@@ -99,7 +99,8 @@ def test_pieces_of_an_abandoned_put_are_collected(cluster, tmp_path):
         client.kill()
         client.wait(timeout=10)
     assert pieces_bytes(c) > baseline
-    wait_for(lambda: pieces_bytes(c) == baseline, SHRINK_BOUND, "the abandoned put's pieces to be collected")
+    # At most the baseline: rebalance may meanwhile drop surplus copies of the kept checkpoint.
+    wait_for(lambda: pieces_bytes(c) <= baseline, SHRINK_BOUND, "the abandoned put's pieces to be collected")
     assert "run1/abandoned" not in c.cli("ls", check=True).stdout
     out = tmp_path / "keep.out"
     c.cli("get", "run1/keep", "--out", str(out), check=True)
