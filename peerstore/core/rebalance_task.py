@@ -2,8 +2,9 @@
 drop of a surplus copy. Pure: it works through the node's requests and local effects.
 
 A drop goes ahead only after the copies that stay have been re-read and hashed by their
-holders (``VerifyPieces``, or this node's own check) and, with exactly those copies and the
-nodes alive now, every stripe holding the piece is still at policy
+holders (``VerifyPieces``, or this node's own check), every live node has said again which
+of the stripes' other pieces it holds (``QueryPieces``), and, with exactly those copies
+and the nodes alive now, every stripe holding the piece is still at policy
 (``rebalance.still_spare``). The holder then deletes its copy unless a running put holds a
 lease on it (it may have counted that copy) or it is being stored (``DropPieces``). A move
 is a repair addition first (``StripeTask``: fetched from a holder, verified, stored and
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from peerstore.core import checkup
+from peerstore.core.integrity import bit
 from peerstore.core.rebalance import Drop, Move, still_spare
 from peerstore.core.repair import Addition, State, StripeRef, StripeRepair
 from peerstore.core.repair_task import Budget, RepairHost, StripeTask
@@ -111,19 +113,47 @@ class RebalanceTask:
     # -- confirm, then drop ----------------------------------------------------------------
 
     def _confirm(self, now: float) -> None:
-        """Have every copy that stays re-read and hashed by its holder."""
+        """Have every copy that stays re-read and hashed by its holder, and ask every live
+        node again which of the stripes' other pieces it holds: what the scan saw may be
+        stale (a rotten copy quarantined since, a repair that moved one)."""
         pid = self.piece_id
         keepers = sorted(n for n in self.holders.get(pid, ()) if n != self.victim and self.node.is_alive(n))
         if not keepers:
             self._end(now, False, "no other live copy")
             return
+        others = sorted({q for ref in self.stripes for q in ref.piece_ids} - {pid})
+        chunks = [tuple(others[i:i + msg.MAX_QUERY_IDS]) for i in range(0, len(others), msg.MAX_QUERY_IDS)]
+        peers = sorted(self.node.alive - {self.node.node_id})
         verdicts: dict[str, bool] = {}
+        held: dict[bytes, set[str]] = {q: set() for q in others}
+        for q in others:
+            if q in self.node.inventory:
+                held[q].add(self.node.node_id)
+        waiting = [len(keepers) + len(chunks) * len(peers)]
+
+        def one_done(t: float) -> None:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                self._decide(t, {n for n, good in verdicts.items() if good}, held)
 
         def answer(t: float, keeper: str, ok: bool) -> None:
             verdicts[keeper] = ok
-            if len(verdicts) == len(keepers):
-                self._decide(t, {n for n, good in verdicts.items() if good})
+            one_done(t)
 
+        def holdings(t: float, peer: str, chunk: tuple[bytes, ...], reply: Any) -> None:
+            if isinstance(reply, msg.PiecesHeld):  # no answer: counted as holding none of them
+                for i, q in enumerate(chunk):
+                    if bit(reply.held, i):
+                        held[q].add(peer)
+            one_done(t)
+
+        for chunk in chunks:
+            for peer in peers:
+                self.node.request(
+                    now, peer, lambda req, c=chunk: msg.QueryPieces(req, piece_ids=c),
+                    lambda t, reply, payload, p=peer, c=chunk: holdings(t, p, c, reply),
+                    lambda t, why, p=peer, c=chunk: holdings(t, p, c, None),
+                )
         for keeper in keepers:
             if keeper == self.node.node_id:
                 integrity = getattr(self.node, "integrity")
@@ -136,10 +166,9 @@ class RebalanceTask:
                 lambda t, why, k=keeper: answer(t, k, False),
             )
 
-    def _decide(self, now: float, good: set[str]) -> None:
+    def _decide(self, now: float, good: set[str], held: dict[bytes, set[str]]) -> None:
         pid = self.piece_id
-        holders = dict(self.holders)
-        holders[pid] = good | {self.victim}
+        holders = {**held, pid: good | {self.victim}}
         alive = self.node.alive
         if not still_spare(pid, self.victim, self.stripes, holders, alive):
             self._end(now, False, "the copies that stay are not enough (changed since the plan)")

@@ -137,6 +137,8 @@ def test_the_stable_membership_survives_a_restart():
     assert c.run_until(lambda: c.nodes[node_id].core.repair.tracker is not None
                        and c.nodes[node_id].core.repair.tracker.stable is not None, max_time=GRACE * 3)
     stable = c.nodes[node_id].core.repair.tracker.stable
+    c.run_for(1.0)  # it is written to disk just after it is adopted
+    assert c.nodes[node_id].core.repair.tracker.stable == stable
     c.crash(node_id)
     c.restart(node_id)
     tracker = c.nodes[node_id].core.repair._ensure(c.loop.now)
