@@ -357,6 +357,43 @@ def crash_during_put(r: Run) -> None:
 
 
 @scenario()
+def relay_fails_mid_forward(r: Run) -> None:
+    """A node passing a put's pieces on to their second holders (forwarded replication)
+    crashes, or is cut off from one holder, while forwards are in flight. The put commits
+    with every copy acknowledged by its own holder (the ledger checks the disks), or fails
+    cleanly."""
+    coordinator = r.pick()
+    put = r.put(via=coordinator, files=r.checkpoint(max_shards=28), wait=False)
+    forwarding = lambda: [n for n in r.cluster.running_ids()  # noqa: E731
+                          if n != coordinator and r.cluster.nodes[n].core.forwarder.held > 0]
+    if not r.cluster.run_until(lambda: bool(forwarding()) or put.done, max_time=30.0, step=0.002):
+        r.violation("no node forwarded within 30 s")
+        return
+    relays = forwarding()
+    if not relays:
+        r.note("the put ended before any forward")
+        return
+    relay = r.rng.choice(relays)
+    mode = r.rng.choice(["crash", "crash_mid_write", "cut_off"])
+    if mode == "crash":
+        r.cluster.crash(relay, power_off=r.rng.random() < 0.5)
+    elif mode == "crash_mid_write":
+        r.cluster.crash_mid_write(relay)
+    else:  # the relay still talks to the coordinator, not to the other nodes
+        r.cluster.partition([relay, coordinator], [n for n in r.ids if n not in (relay, coordinator)])
+        r.later(5.0, r.cluster.heal)
+    r.wait(put)
+    r.run_for(0.05)
+    if put.ok:
+        r.expect_get(put.name, f"after the relay's {mode}", via=coordinator)
+    if mode != "cut_off":
+        r.cluster.restart(relay)
+        r.settle()
+        if put.ok:
+            r.expect_get(put.name, "via the restarted relay", via=relay)
+
+
+@scenario()
 def coordinator_dies_mid_put(r: Run) -> None:
     """The coordinator crashes at a random moment: no node may show a checkpoint that
     cannot be restored (checked at the end), and a committed one is not lost."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from peerstore.core import events as ev
 from peerstore.core.collector import GarbageCollector
 from peerstore.core.fanout import Fanout
+from peerstore.core.forwarding import Forwarder
 from peerstore.core.integrity import Integrity
 from peerstore.core.messenger import Messenger
 from peerstore.core.repairer import RepairService
@@ -98,6 +99,8 @@ class NodeContext(Messenger):
         self.integrity = Integrity(self, sizes=inventory if isinstance(inventory, Mapping) else None)
         # A read-only disk: refuse pieces, say so in status, probe until writable (core/store_health.py).
         self.store_health = StoreHealth(self)
+        # Passing pieces on for other nodes' puts (core/forwarding.py).
+        self.forwarder = Forwarder(self)
         # Repair after node loss (core/repairer.py); ``stable_members`` is the last stable
         # membership this node saved (core/quorum.py), None on a first boot.
         self.repair = RepairService(self, stable=stable_members, on_stable=self._stable_changed)
@@ -241,9 +244,11 @@ class NodeContext(Messenger):
         tracker = getattr(getattr(self, "repair", None), "tracker", None)
         return tracker is not None and tracker.has_majority()
 
-    def spread_catalog(self, now: float, delta: Catalog, on_done: Callable[[float, int], None]) -> None:
+    def spread_catalog(self, now: float, delta: Catalog, on_done: Callable[[float, int], None],
+                       optional: frozenset[str] = frozenset()) -> None:
         """Persist ``delta`` locally, send it to every alive peer; ``on_done(now, acks)``
-        once every peer answered or timed out (acks counts durable copies, ours included)."""
+        once every peer answered or timed out (acks counts durable copies, ours included),
+        not waiting for those in ``optional``."""
         blob = delta.encode()
         Fanout(
             self,
@@ -252,6 +257,7 @@ class NodeContext(Messenger):
             accept=lambda reply: isinstance(reply, msg.CatalogAck) and reply.ok,
             local=lambda done: self.merge_catalog(now, delta, lambda t, ok: done(t, ok)),
             on_done=on_done,
+            optional=optional,
         ).start(now)
 
     def refresh_catalog(self, now: float, on_done: Callable[[float, int], None],

@@ -13,7 +13,9 @@ class Fanout:
     """Ask every peer in ``peers`` (and ourselves, via ``local``) to do one thing.
 
     ``on_done(now, acks)`` runs once, after every peer answered, failed or timed out;
-    ``acks`` counts successes including the local one.
+    ``acks`` counts successes including the local one. Peers in ``optional`` are asked
+    too but not waited for (a straggler behind a deep queue): their answers count only if
+    they come first.
     """
 
     def __init__(
@@ -26,6 +28,7 @@ class Fanout:
         local: Callable[[Callable[[float, bool], None]], None] | None,
         on_done: Callable[[float, int], None],
         timeout: float | None = None,
+        optional: frozenset[str] = frozenset(),
     ):
         self.node = node
         self.peers = peers
@@ -34,11 +37,14 @@ class Fanout:
         self.local = local
         self.on_done = on_done
         self.timeout = timeout if timeout is not None else node.settings.commit_timeout
-        self.waiting = len(peers) + (1 if local else 0)
+        self.optional = optional
+        self.waiting = sum(1 for p in peers if p not in optional) + (1 if local else 0)
         self.acked: list[str] = []
+        self.done = False
 
     def start(self, now: float) -> None:
         if self.waiting == 0:
+            self.done = True
             self.on_done(now, 0)
             return
         for peer in self.peers:
@@ -60,10 +66,15 @@ class Fanout:
         )
 
     def _answer(self, now: float, peer: str, ok: bool) -> None:
+        if self.done:
+            return
         if ok:
             self.acked.append(peer)
+        if peer in self.optional:
+            return
         self.waiting -= 1
         if self.waiting == 0:
+            self.done = True
             self.on_done(now, len(self.acked))
 
 

@@ -53,6 +53,7 @@ class PendingRequest:
     inflight_bytes: int = 0
     patience: float | None = None  # None: fixed deadline; else the peer's silence it waits out
     started: float = 0.0
+    via: str = ""  # a forwarded store's relay: it may report the request failed, never answered
 
 
 @dataclass
@@ -146,6 +147,34 @@ class Messenger:
         self.emit(ev.Send(peer, make(req), payload=payload))
         return req
 
+    def expect(self, now: float, peer: str, via: str,
+               on_reply: Callable[[float, msg.Message, Any], None],
+               on_failure: Callable[[float, str], None]) -> int:
+        """A request id whose reply ``peer`` will send although we send it nothing: the
+        request goes to ``via``, which passes it on (forwarded replication). ``via`` may
+        only fail it (``relay_failed``). Times out once both have been silent for
+        ``request_timeout``."""
+        req = self.new_id()
+        self._pending[req] = PendingRequest(req, peer, now + self.settings.request_timeout, on_reply,
+                                            on_failure, 0, self.settings.request_timeout, now, via)
+        return req
+
+    def relay_failed(self, now: float, req: int, relay: str, why: str) -> None:
+        """``relay`` says it could not pass request ``req`` on: fail it (only if it was
+        the request's relay)."""
+        pending = self._pending.get(req)
+        if pending is not None and pending.via and pending.via == relay:
+            self.stats["forwards_failed"] += 1
+            self._pending.pop(req)
+            pending.on_failure(now, why)
+
+    def cancel_request(self, now: float, req: int) -> None:
+        """Forget a request without running either callback (its answer, if any comes,
+        is ignored like any late reply)."""
+        pending = self._pending.pop(req, None)
+        if pending is not None:
+            self._release_inflight(now, pending, answered=False)
+
     def local(self, make: Callable[[Any], ev.Effect], on_done: Callable[[float, Any], None]) -> None:
         """Ask the shell for a local effect; ``on_done`` gets its completion."""
         tag = (SELF_TAG, self.new_id())
@@ -187,7 +216,10 @@ class Messenger:
         if pending.patience is None:
             return pending.deadline
         latest = pending.started + max(MAX_PATIENCE * pending.patience, pending.inflight_bytes / MIN_PAYLOAD_RATE)
-        return min(latest, max(pending.deadline, self.progress_at.get(pending.peer, pending.started) + pending.patience))
+        heard = self.progress_at.get(pending.peer, pending.started)
+        if pending.via:
+            heard = max(heard, self.progress_at.get(pending.via, pending.started))
+        return min(latest, max(pending.deadline, heard + pending.patience))
 
     def expire(self, now: float) -> None:
         """Fail every request whose deadline passed."""

@@ -171,6 +171,8 @@ class NodeCore(NodeContext):
             if pending is None or pending.peer != event.peer:
                 if event.payload is not None:  # a late reply: its request already gave up
                     self.emit(ev.ReleaseHandles((event.payload,)))
+                if pending is not None and isinstance(message, msg.PieceStored) and not message.ok:
+                    self.relay_failed(now, message.req, event.peer, message.error or "not forwarded")
                 return
             del self._pending[message.req]
             self._release_inflight(now, pending)
@@ -185,18 +187,36 @@ class NodeCore(NodeContext):
     def _serve_store_piece(self, now: float, peer: str, m: msg.StorePiece, payload: Any) -> None:
         if not m.background:
             self.repair.serving_client(now)
+
+        def answer(ok: bool, error: str) -> None:
+            self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=ok, error=error)))
+            if m.ack_to:  # a forwarded copy: its holder acknowledges to the put's coordinator too
+                self.emit(ev.Send(m.ack_to, msg.PieceStored(m.ack_req, ok=ok, error=error)))
+
         if payload is None:
-            self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=False, error="no payload")))
+            answer(False, "no payload")
+            if m.forward_to and m.forward_req:
+                self.emit(ev.Send(peer, msg.PieceStored(m.forward_req, ok=False, error="no payload")))
             return
+        users = [1]
+
+        def release() -> None:
+            users[0] -= 1
+            if users[0] == 0:
+                self.emit(ev.ReleaseHandles((payload,)))
+
+        # A relay forwards even when its own disk refuses the piece: the bytes are here.
+        if self.forwarder.start(now, peer, m, payload, release):
+            users[0] += 1
         refusal = self.store_health.refusal()
         if refusal is not None and m.piece_id not in self.inventory:  # a held copy is durable already
-            self.emit(ev.ReleaseHandles((payload,)))
-            self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=False, error=refusal)))
+            release()
+            answer(False, refusal)
             return
 
         def stored(t: float, ok: bool, error: str) -> None:
-            self.emit(ev.ReleaseHandles((payload,)))
-            self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=ok, error=error)))
+            release()
+            answer(ok, error)
 
         self.store_piece(m.piece_id, payload, stored, size=m.size)
 

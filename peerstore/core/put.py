@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -74,6 +76,9 @@ class Transfer:
     retry_at: float = 0.0
     in_flight: bool = False
     waiting_room: bool = False  # due, but its target's window is full
+    via: str = ""  # in flight as a forward through this node (its pending request: req)
+    req: int = 0
+    carries: Transfer | None = None  # the sibling this send asked its target to forward
 
 
 @dataclass
@@ -90,6 +95,15 @@ class EncodedStripe:
 
 
 ROOM_POLL = 0.05  # seconds between looks at a full per-peer window (see _pump)
+# A straggler (issue 14): a peer that takes our pieces at under half the median rate of the
+# others, measured over at least STRAGGLER_EVIDENCE seconds of its busy time, while most of
+# the transfers the put waits for are its own (the stripes buffered are all held up by it),
+# loses the slots it has not acknowledged yet when the others can take them at no cost in
+# tolerance.
+STRAGGLER_RATIO = 2.0
+STRAGGLER_EVIDENCE = 1.0
+STRAGGLER_CHECK = 0.25  # seconds between two looks
+STRAGGLER_PERSIST = 0.5  # ... and it must look like one for this long (not a passing jam)
 
 
 class PutOperation(Operation):
@@ -113,6 +127,8 @@ class PutOperation(Operation):
         self.failures: dict[str, str] = {}  # why each failed peer was dropped, in words
         self.phase = Phase.TRANSFER
         self.version: VersionId | None = None
+        self.next_straggler_check = 0.0
+        self.suspects: dict[str, float] = {}  # peer -> since when it looks like a straggler
 
     # -- start ---------------------------------------------------------------------------
 
@@ -262,6 +278,11 @@ class PutOperation(Operation):
     def _pump(self, now: float) -> None:
         if self.finished or self.phase is not Phase.TRANSFER:
             return
+        if now >= self.next_straggler_check:
+            self.next_straggler_check = now + STRAGGLER_CHECK
+            self._drop_stragglers(now)
+            if self.finished:
+                return
         for transfer in list(self.unfinished.values()):
             if transfer.in_flight or (transfer.retry_at > now and not transfer.waiting_room):
                 continue
@@ -280,18 +301,151 @@ class PutOperation(Operation):
 
     def _send(self, now: float, transfer: Transfer) -> None:
         transfer.in_flight = True
+        sibling = self._sibling_to_forward(now, transfer)
+        forward_to, forward_req = "", 0
+        if sibling is not None:
+            forward_to = sibling.target
+            forward_req = self.node.expect(
+                now, sibling.target, transfer.target,
+                lambda t, reply, payload: self._answered(t, sibling, reply),
+                lambda t, why: self._not_forwarded(t, sibling, why),
+            )
+            sibling.in_flight, sibling.via, sibling.req = True, transfer.target, forward_req
+            transfer.carries = sibling
+
+        def failed(t: float, why: str) -> None:
+            self._carrier_failed(t, transfer)
+            self._transfer_answered(t, transfer, False, why)
+
         self.node.request(
             now,
             transfer.target,
-            lambda req: msg.StorePiece(req, piece_id=transfer.piece_id, size=transfer.size),
-            lambda t, reply, payload: self._transfer_answered(
-                t, transfer, isinstance(reply, msg.PieceStored) and reply.ok,
-                getattr(reply, "error", "") or "refused",
-            ),
-            lambda t, why: self._transfer_answered(t, transfer, False, why),
+            lambda req: msg.StorePiece(req, piece_id=transfer.piece_id, size=transfer.size,
+                                       forward_to=forward_to, forward_req=forward_req),
+            lambda t, reply, payload: self._answered(t, transfer, reply),
+            failed,
             payload=transfer.handle,
             inflight_bytes=transfer.size,
         )
+
+    def _answered(self, now: float, transfer: Transfer, reply: msg.Message) -> None:
+        ok = isinstance(reply, msg.PieceStored) and reply.ok
+        if transfer.via and ok:
+            self.node.stats["replicas_forwarded"] += 1
+        self._transfer_answered(now, transfer, ok, getattr(reply, "error", "") or "refused")
+
+    # -- forwarded replication (core/forwarding.py is the relay's side) -----------------
+
+    def _sibling_to_forward(self, now: float, transfer: Transfer) -> Transfer | None:
+        """Another copy of ``transfer``'s piece, due for a node other than us, that its
+        target can forward instead of us sending it too."""
+        if not self.node.settings.forward_replicas:
+            return None
+        for number, slot in transfer.slots:
+            stripe = self.stripes.get(number)
+            for other in stripe.slots if stripe is not None else ():
+                if other.piece_id != transfer.piece_id or other.target in (
+                        transfer.target, self.node.node_id) or other.acked:
+                    continue
+                sibling = self.unfinished.get((other.target, other.piece_id))
+                if (sibling is not None and not sibling.in_flight
+                        and (sibling.retry_at <= now or sibling.waiting_room)  # not backing off
+                        and other.target not in self.failed_peers
+                        and self.node.is_alive(other.target)):
+                    return sibling
+        return None
+
+    def _drop_stragglers(self, now: float) -> None:
+        """Re-place the unacknowledged slots of a peer far slower than the others (a node
+        stopped most of the time, a failing disk), if the nodes left give every stripe the
+        same best tolerance. It stays a member; repair and rebalance even things out later."""
+        waiting = Counter(t.target for t in self.unfinished.values() if t.target != self.node.node_id)
+        if not waiting:
+            return
+        candidates = self._candidates()
+        k, p = self.policy.stripe_width, self.policy.parity
+        if len(candidates) < 3 or (placement.best_tolerance(len(candidates) - 1, k, p)
+                                   < placement.best_tolerance(len(candidates), k, p)):
+            return
+        measured = {peer: rate for peer, rate in self.node.rates.items()
+                    if peer in candidates and rate.rate is not None}
+        rates = {peer: rate.rate for peer, rate in measured.items()}
+        for peer in sorted(p for p in waiting if p in measured and measured[p].seconds >= STRAGGLER_EVIDENCE):
+            others = sorted(r for other, r in rates.items() if other != peer)
+            if len(others) < 2:
+                return
+            median = others[len(others) // 2]
+            if rates[peer] * STRAGGLER_RATIO >= median or 2 * waiting[peer] <= sum(waiting.values()):
+                self.suspects.pop(peer, None)
+                continue
+            if now - self.suspects.setdefault(peer, now) < STRAGGLER_PERSIST:
+                continue
+            self.node.stats["put_stragglers_replaced"] += 1
+            self.failed_peers.add(peer)
+            self.failures[peer] = (f"node {peer} was slow: {rates[peer] / 1e6:.1f} MB/s against "
+                                   f"{median / 1e6:.1f} MB/s for the others")
+            numbers: set[int] = set()
+            for transfer in [t for t in self.unfinished.values() if t.target == peer]:
+                self._carrier_failed(now, transfer)  # what it was to forward goes out directly
+                numbers.update(n for n, slot in transfer.slots if not slot.acked)
+            for number in sorted(numbers):
+                self._move_off(number, peer)
+            self._pump(now)
+            return  # one at a time: the rates of the others change as they take its share
+
+    def _move_off(self, number: int, peer: str) -> None:
+        """Move stripe ``number``'s unacknowledged slots on ``peer`` to other candidates,
+        each slot alone (what ``peer`` acknowledged stays there, durable), choosing the
+        targets that keep the stripe's tolerance highest and its copies most spread."""
+        stripe = self.stripes[number]
+        movable = [slot for slot in stripe.slots if slot.target == peer and not slot.acked]
+        others = self._candidates()
+        if not movable or not others:
+            return
+        best: tuple[Any, ...] | None = None
+        for targets in itertools.product(others, repeat=len(movable)):
+            where = {id(slot): target for slot, target in zip(movable, targets)}
+            layout = [(slot, where.get(id(slot), slot.target)) for slot in stripe.slots]
+            pairs: dict[int, list[str]] = {}
+            for slot, target in layout:
+                pairs.setdefault(slot.position, []).append(target)
+            if any(len(set(nodes)) < len(nodes) for nodes in pairs.values()):
+                continue  # two copies of one position on one node
+            holders: dict[bytes, set[str]] = {}
+            for slot, target in layout:
+                holders.setdefault(slot.piece_id, set()).add(target)
+            tolerance = placement.stripe_tolerance(
+                [holders[pid] for pid in stripe.entry.piece_ids], stripe.entry.k)
+            load = Counter(target for _, target in layout)
+            key = (-tolerance, max(load.values()), targets)
+            if best is None or key < best:
+                best = key
+        if best is None:
+            return
+        self.node.stats["stripes_replanned"] += 1
+        for slot, target in zip(movable, best[2]):
+            old = self.transfers.get((slot.target, slot.piece_id))
+            if old is not None:
+                old.slots = [(n, s) for n, s in old.slots if s is not slot]
+                self._settle(old)
+            slot.target = target
+            self._attach(number, stripe, slot)
+        self._stripe_progress(number)
+
+    def _carrier_failed(self, now: float, carrier: Transfer) -> None:
+        """The node asked to forward a sibling never answered: send that copy ourselves."""
+        sibling, carrier.carries = carrier.carries, None
+        if sibling is not None and sibling.via == carrier.target and sibling.in_flight:
+            self.node.cancel_request(now, sibling.req)
+            self._not_forwarded(now, sibling, f"node {carrier.target} did not answer")
+
+    def _not_forwarded(self, now: float, transfer: Transfer, why: str) -> None:
+        """A forward was declined, failed or went unanswered: no fault of the target's,
+        so this is not an attempt against it; the copy goes out directly."""
+        transfer.in_flight, transfer.via, transfer.req = False, "", 0
+        transfer.retry_at = 0.0
+        self.node.stats["forward_fallbacks"] += 1
+        self._pump(now)
 
     def _store_locally(self, transfer: Transfer) -> None:
         transfer.in_flight = True
@@ -302,7 +456,7 @@ class PutOperation(Operation):
         )
 
     def _transfer_answered(self, now: float, transfer: Transfer, ok: bool, why: str) -> None:
-        transfer.in_flight = False
+        transfer.in_flight, transfer.via, transfer.req, transfer.carries = False, "", 0, None
         if self.finished:
             return
         if ok:
@@ -400,6 +554,13 @@ class PutOperation(Operation):
         if self.phase is not Phase.TRANSFER:
             return
         for transfer in list(self.unfinished.values()):
+            if transfer.via and transfer.in_flight:  # a forward: its target or relay left?
+                if not self.node.is_alive(transfer.target):
+                    self.node.cancel_request(now, transfer.req)
+                    transfer.in_flight, transfer.via, transfer.req = False, "", 0
+                elif not self.node.is_alive(transfer.via):
+                    self.node.cancel_request(now, transfer.req)
+                    self._not_forwarded(now, transfer, f"relay {transfer.via} left")
             if not self.node.is_alive(transfer.target) and not transfer.in_flight:
                 self.failed_peers.add(transfer.target)
                 self._replace(now, transfer)
@@ -480,7 +641,10 @@ class PutOperation(Operation):
             return
         self.phase = Phase.CATALOG  # from here on the put may become visible: no more aborts
         delta = Catalog(entries=[CatalogEntry.for_manifest(manifest)])
-        self.node.spread_catalog(now, delta, lambda t, acks: self._committed(t, manifest, acks))
+        # Nodes dropped from this put (a straggler's queue may still be deep) get the entry
+        # too, but the put does not wait for them.
+        self.node.spread_catalog(now, delta, lambda t, acks: self._committed(t, manifest, acks),
+                                 optional=frozenset(self.failed_peers))
 
     def _committed(self, now: float, manifest: Manifest, acks: int) -> None:
         if acks < manifest.tolerance + 1:

@@ -26,6 +26,9 @@ class CoreSettings:
     backoff_max: float = 5.0
     max_inflight_bytes_per_peer: int = 32 * MiB
     memory_budget: int = 128 * MiB  # stripe buffers held by the shell for this node's ops
+    # A put sends each data shard once and its first holder forwards it to the second
+    # (core/forwarding.py); False: the coordinator sends every copy itself.
+    forward_replicas: bool = True
     commit_timeout: float = REQUEST_TIMEOUT  # per manifest / catalog request during commit
     # status: a peer that has not answered by then is reported as not asked (core/status.py),
     # so one frozen member costs the user this, not request_timeout.
@@ -46,7 +49,7 @@ class CoreSettings:
     # The fields the config's ``transfer:`` section sets, under the same names.
     TRANSFER_FIELDS: ClassVar[tuple[str, ...]] = (
         "request_timeout", "retries", "backoff_base", "backoff_max",
-        "max_inflight_bytes_per_peer", "memory_budget",
+        "max_inflight_bytes_per_peer", "memory_budget", "forward_replicas",
     )
 
     # The config's ``gc:`` and ``retention:`` keys, by the core field each one sets.

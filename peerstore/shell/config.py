@@ -57,6 +57,7 @@ class TransferSettings:
     retries: int = CoreSettings.retries
     backoff_base: float = CoreSettings.backoff_base
     backoff_max: float = CoreSettings.backoff_max
+    forward_replicas: bool = CoreSettings.forward_replicas
 
 
 @dataclass(frozen=True)
@@ -416,6 +417,7 @@ _TRANSFER_KEYS: dict[str, Checker] = {
     "connect_timeout": _seconds(0.1, 600),
     "retries": _integer(0, 100),
     "backoff_base": _seconds(0.001, 60),
+    "forward_replicas": _boolean,
     "backoff_max": _seconds(0.001, 3600),
 }
 
@@ -733,6 +735,7 @@ def render_config(**overrides: Any) -> str:
         memory_budget=y(format_size(t.memory_budget)),
         request_timeout=y(t.request_timeout), connect_timeout=y(t.connect_timeout),
         retries=t.retries, backoff_base=y(t.backoff_base), backoff_max=y(t.backoff_max),
+        forward_replicas=y(t.forward_replicas),
         grace_seconds=y(r.grace_seconds), repair_max_bytes_per_second=y(format_size(r.max_bytes_per_second)),
         rebalance=y(r.rebalance),
         gc_interval_seconds=y(GcSettings().interval_seconds), gc_lease_seconds=y(GcSettings().lease_seconds),
@@ -883,6 +886,9 @@ transfer:
   backoff_base: {backoff_base}
   # Longest backoff delay, in seconds; at least backoff_base.
   backoff_max: {backoff_max}
+  # A put sends each data shard once; its first holder forwards it to the second, which
+  # acknowledges to the coordinator (false: the coordinator sends both copies itself).
+  forward_replicas: {forward_replicas}
 
 # Repair after node loss (docs/self-healing.md): the pieces of a member away longer than
 # the grace period are re-created on the others until every checkpoint is back at its

@@ -28,11 +28,14 @@ class Message:
     req: int
 
     def to_header(self) -> dict[str, Any]:
-        """The msgpack header for this message (without the blob)."""
+        """The msgpack header for this message (without the blob). Fields at their
+        default are left out: shorter, and a node that predates a field still reads the
+        messages that do not use it."""
         header: dict[str, Any] = {"t": self.TYPE}
         for field in dataclasses.fields(self):
-            if field.name != "blob":
-                header[field.name] = getattr(self, field.name)
+            value = getattr(self, field.name)
+            if field.name != "blob" and not (field.default is not dataclasses.MISSING and value == field.default):
+                header[field.name] = value
         return header
 
     @property
@@ -46,12 +49,22 @@ class Message:
 @dataclass(frozen=True)
 class StorePiece(Message):
     """Please store this piece durably; its bytes follow as the payload. ``background``:
-    sent by repair or rebalance (the receiver's own repair need not yield to it)."""
+    sent by repair or rebalance (the receiver's own repair need not yield to it).
+
+    Forwarded replication (core/forwarding.py): ``forward_to`` asks the receiver to pass
+    the piece on to that node too, which acknowledges it straight to the sender as the
+    reply to ``forward_req`` (the receiver only ever reports a forward it could not
+    make). ``ack_to``/``ack_req`` ask the receiver of such a forwarded copy to send that
+    acknowledgement (a PieceStored) besides its reply."""
 
     TYPE = "store_piece"
     piece_id: bytes
     size: int
     background: bool = False
+    forward_to: str = ""
+    forward_req: int = 0
+    ack_to: str = ""
+    ack_req: int = 0
 
 
 @dataclass(frozen=True)

@@ -86,12 +86,24 @@ class SnapshotCollector:
             yield policy
         yield from _watch_metrics(snap.get("watch") or {})
         yield from _repair_metrics(snap.get("repair") or {}, snap.get("core", {}))
+        yield from _series(CounterMetricFamily, FORWARDING_COUNTERS, snap.get("core", {}))
         yield from _gc_metrics(snap.get("gc") or {}, snap.get("disk") or {})
         yield from _scrub_metrics(snap.get("scrub") or {})
         events = CounterMetricFamily("peerstore_core_events", "Protocol events by kind", labels=["kind"])
         for kind, count in sorted({**dict.fromkeys(ALERTED_CORE_EVENTS, 0), **snap.get("core", {})}.items()):
             events.add_metric([kind], count)
         yield events
+
+
+# Forwarded replication (core/forwarding.py); a sustained rise of fallbacks means relays
+# decline (memory, full queues) or fail, and puts cost the coordinator's NIC more.
+FORWARDING_COUNTERS = (
+    ("peerstore_replicas_forwarded", "Copies of this node's puts that a relay forwarded (acknowledged by "
+     "their holder)", "replicas_forwarded"),
+    ("peerstore_pieces_forwarded", "Pieces this node passed on for another node's put", "pieces_forwarded"),
+    ("peerstore_forward_fallbacks", "Copies this node sent itself after a relay declined or failed to "
+     "forward them", "forward_fallbacks"),
+)
 
 
 def _series(family: type, table: tuple[tuple[str, str, str], ...], values: dict[str, Any]):
