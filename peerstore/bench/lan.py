@@ -6,8 +6,11 @@ RATE, so every host has a RATE NIC in each direction, as on a switch. In the sam
 plain TCP transfer measures what the links carry, and put and get are reported against
 the NIC limits the stored layout implies:
 
-- **put**: the coordinator's egress limit: the bytes it must send (every slot of every
-  stripe not placed on itself) at the measured link rate, divided by the put's time;
+- **put**: the coordinator's egress limit without forwarded replication: the bytes it
+  would send if it sent every copy itself (every slot of every stripe not placed on
+  itself) at the measured link rate, divided by the put's time. With forwarding (the
+  default) the ratio goes past 1; the bytes node 0 really sent are reported too, and the
+  same put runs again on a cluster with ``transfer.forward_replicas: false``;
 - **get**: its ingress limit: the data shards it holds no copy of, at the link rate,
   divided by the get's time.
 
@@ -256,19 +259,30 @@ def plain_transfer(lan: Lan, src: int, dst: int, nbytes: int, timeout: float) ->
 # -- what the stored layout implies -----------------------------------------------------
 
 
-def layout_bytes(manifest: Manifest, coordinator: str) -> tuple[int, int]:
-    """(bytes the coordinator must send in a put, data bytes it holds no copy of in a
-    get), from the manifest's placement (data0 A, data0 B, data1 A, ..., parity...)."""
-    send = remote = 0
+def layout_bytes(manifest: Manifest, coordinator: str) -> tuple[int, int, int]:
+    """(bytes the coordinator must send in a put without forwarding, the same with
+    forwarded replication (one copy of each data shard, its holder forwards the other),
+    data bytes it holds no copy of in a get), from the manifest's placement (data0 A,
+    data0 B, data1 A, ..., parity...)."""
+    send = forwarded = remote = 0
     for _, index, stripe in manifest.iter_stripes():
         hint = manifest.placement[index]
         for i, length in enumerate(stripe.data_lengths):
             pair = hint[2 * i], hint[2 * i + 1]
             send += length * sum(1 for node in pair if node != coordinator)
+            forwarded += length
             remote += length if coordinator not in pair else 0
         for j in range(stripe.p):
-            send += stripe.block_size if hint[2 * stripe.k + j] != coordinator else 0
-    return send, remote
+            parity = stripe.block_size if hint[2 * stripe.k + j] != coordinator else 0
+            send += parity
+            forwarded += parity
+    return send, forwarded, remote
+
+
+def bytes_sent(metrics_text: str) -> float:
+    """Payload bytes a node sent to all peers, from its Prometheus text."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+               if line.startswith("peerstore_bytes_sent_total{"))
 
 
 # -- a cluster on the LAN ---------------------------------------------------------------
@@ -357,17 +371,46 @@ class LanBench(Bench):
             self.link_rate[key] = result.bytes / result.seconds
 
     def put_and_get(self) -> None:
+        """Put (forwarded replication, the default) and get through node 0; then the same
+        put on a fresh cluster whose nodes forward nothing, the baseline of issue 14's §5."""
         model = self.model(seed=0)
         c = self.fresh_cluster()
         self.idle_cpu = self.idle_cpu_per_second(c)
         put = self.put("put", model, "bench/model")
+        no_forward = self._judge_put(put, c)
+        get = self.get("get", "bench/model", model)
+        self._judge(get, self._layout(c)[2], self.link_rate["ingress"], "ingress", "data bytes it holds no copy of")
+        c = self.fresh_cluster(extra={"transfer": {"forward_replicas": False}})
+        plain = self.put("put, no forwarding", model, "bench/model")
+        self._judge_put(plain, c)
+        if put.seconds > 0 and plain.seconds > 0 and not put.error and not plain.error:
+            put.extra["speedup_over_no_forwarding_put"] = round(plain.seconds / put.seconds, 2)
+            put.notes += f"; {plain.seconds / put.seconds:.2f}x as fast as the put without forwarding"
+            log(f"put: {put.extra['speedup_over_no_forwarding_put']}x as fast as the put without forwarding "
+                f"({put.seconds:.1f} s vs {plain.seconds:.1f} s); the no-forwarding NIC limit is "
+                f"{no_forward:.1f} s")
+
+    def _layout(self, c: ProcCluster) -> tuple[int, int, int]:
         manifest = stored_manifest(c.nodes[0].data_dir, "bench/model")
         if manifest is None:
             raise RuntimeError(f"node 0 holds no manifest of bench/model\n{c.log_tails()}")
-        send, remote = layout_bytes(manifest, c.nodes[0].node_id)
-        self._judge(put, send, self.link_rate["egress"], "egress", "bytes it must send")
-        get = self.get("get", "bench/model", model)
-        self._judge(get, remote, self.link_rate["ingress"], "ingress", "data bytes it holds no copy of")
+        return layout_bytes(manifest, c.nodes[0].node_id)
+
+    def _judge_put(self, put: Any, c: ProcCluster) -> float:
+        """Report ``put`` against the no-forwarding egress limit (the ratio) and the
+        forwarding one, and what node 0 really sent; the no-forwarding limit in seconds."""
+        send, forwarded, _ = self._layout(c)
+        rate = self.link_rate["egress"]
+        self._judge(put, send, rate, "egress", "bytes it must send without forwarding")
+        assert isinstance(c, LanCluster)
+        sent = bytes_sent(c.metrics(0))
+        put.extra.update({"forwarding_limit_bytes": forwarded, "forwarding_limit_seconds": round(forwarded / rate, 2),
+                          "coordinator_sent_bytes": int(sent),
+                          "coordinator_sent_per_checkpoint_byte": round(sent / put.bytes, 3) if put.bytes else None})
+        if put.bytes:
+            put.notes += (f"; node 0 sent {sent / put.bytes:.2f}x the checkpoint (forwarding needs "
+                          f"{forwarded / put.bytes:.2f}x, none {send / put.bytes:.2f}x)")
+        return send / rate
 
     def idle_cpu_per_second(self, c: ProcCluster) -> float:
         """CPU-seconds per second the whole idle cluster spends (gossip, metrics)."""

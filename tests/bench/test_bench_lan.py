@@ -40,10 +40,11 @@ def test_the_nic_limits_come_from_the_stored_layout():
     manifest = Manifest(
         name="m", version=VersionId(1, A), policy=Policy(), files=(FileEntry("f", 14, 0o644, b"\0" * 32, (stripe,)),),
         placement=((A, B, B, C, A, C, B, C, A, B),), tolerance=1, created=0.0, is_dir=False)
-    send, remote = lan.layout_bytes(manifest, A)
+    send, forwarded, remote = lan.layout_bytes(manifest, A)
     assert send == 4 + (4 + 4) + 4 + (2 + 2) + 4  # every slot not on a: parity1 on b, no parity0
+    assert forwarded == 4 + 4 + 4 + 2 + 4  # each data shard once (a forwards or stores), parity1
     assert remote == 4 + 2  # data1 and data3: a holds no copy
-    assert lan.layout_bytes(manifest, C) == ((4 + 4) + 4 + 4 + 2 + 4 + 4, 4)
+    assert lan.layout_bytes(manifest, C) == ((4 + 4) + 4 + 4 + 2 + 4 + 4, 4 + 4 + 4 + 2 + 4 + 4, 4)
 
 
 def test_link_is_refused_with_a_reason_when_it_cannot_run(monkeypatch, capsys):
@@ -92,10 +93,17 @@ def test_a_short_link_run_reports_put_and_get_against_the_nic_limits(lan_ready, 
     phases = {p["phase"]: p for p in json.loads(out.read_text())["phases"]}
     for name in ("baseline: plain TCP, host 0 -> host 1", "baseline: plain TCP, host 1 -> host 0"):
         assert 0.8 * 200e6 / 8 < phases[name]["mb_s"] * 1e6 <= 1.02 * 200e6 / 8  # the shaping holds
-    for name in ("put", "get"):
+    for name in ("put", "get", "put, no forwarding"):
         extra = phases[name]["extra"]
-        # at most a little over the limit (the shaping holds); small runs are far under it
-        assert 0 < extra["ratio_to_nic_limit"] < 1.2 and extra["nic_limit_bytes"] > 0
+        # at most a little over the limit (the shaping holds; forwarding may pass the
+        # no-forwarding limit, never its own); small runs are far under it
+        assert 0 < extra["ratio_to_nic_limit"] < (2.0 if name == "put" else 1.2) and extra["nic_limit_bytes"] > 0
         assert extra["cpu_seconds_per_gb"] > 0 and extra["cpu_seconds_per_gb_net_of_idle"] >= 0
+    forwarded, plain = phases["put"]["extra"], phases["put, no forwarding"]["extra"]
+    # What node 0 really sent: about one copy of each shard with forwarding, two without.
+    assert forwarded["coordinator_sent_bytes"] <= 1.1 * forwarded["forwarding_limit_bytes"]
+    assert plain["coordinator_sent_bytes"] >= 0.95 * plain["nic_limit_bytes"]
+    assert forwarded["forwarding_limit_bytes"] < forwarded["nic_limit_bytes"]
+    assert forwarded["coordinator_sent_bytes"] < plain["coordinator_sent_bytes"]
     assert "against the NIC limits (--link)" in capsys.readouterr().out
     assert our_namespaces(f"{lan.FAMILY}-") == []
