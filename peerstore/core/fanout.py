@@ -37,7 +37,7 @@ class Fanout:
         self.local = local
         self.on_done = on_done
         self.timeout = timeout if timeout is not None else node.settings.commit_timeout
-        self.optional = optional
+        self.optional = optional - {node.node_id}  # the local step is always waited for
         self.waiting = sum(1 for p in peers if p not in optional) + (1 if local else 0)
         self.acked: list[str] = []
         self.done = False

@@ -85,6 +85,16 @@ class LinkRate:
     def rate(self) -> float | None:
         return self.bytes / self.seconds if self.seconds > 0 and self.bytes > 0 else None
 
+    def busy_seconds(self, now: float) -> float:
+        """Busy time remembered, counting the wait for an answer still outstanding."""
+        return self.seconds + (max(0.0, now - self.busy_since) if self.busy_since is not None else 0.0)
+
+    def rate_at(self, now: float) -> float | None:
+        """``rate``, counting the time since the last answer as busy with nothing done
+        (a peer that stopped answering slows down now, not at its next answer)."""
+        seconds = self.busy_seconds(now)
+        return self.bytes / seconds if seconds > 0 and self.bytes > 0 else None
+
 
 class Messenger:
     """Sends requests and local effects, and routes each answer to its callback.

@@ -103,7 +103,7 @@ ROOM_POLL = 0.05  # seconds between looks at a full per-peer window (see _pump)
 STRAGGLER_RATIO = 2.0
 STRAGGLER_EVIDENCE = 1.0
 STRAGGLER_CHECK = 0.25  # seconds between two looks
-STRAGGLER_PERSIST = 0.5  # ... and it must look like one for this long (not a passing jam)
+STRAGGLER_PERSIST = 0.25  # ... and it must look like one for this long (not a passing jam)
 
 
 class PutOperation(Operation):
@@ -231,7 +231,7 @@ class PutOperation(Operation):
         )
         key = b"".join(entry.piece_ids)
         try:
-            where = placement.place_stripe(key, self._candidates(), k, self.policy.parity)
+            where = self._place(key, k, self.policy.parity)
         except PeerstoreError as err:
             self.node.emit(ev.ReleaseHandles(tuple(event.handles)))
             self._fail(f"cannot place stripe {event.stripe}: {err}")
@@ -254,6 +254,25 @@ class PutOperation(Operation):
 
     def _candidates(self) -> list[str]:
         return sorted(self.node.alive - self.failed_peers)
+
+    def _place(self, key: bytes, k: int, p: int) -> placement.StripePlacement:
+        """The stripe's placement over the candidates. With forwarding, this node takes
+        the role holding the most parity chunks: each data shard leaves it once whatever
+        it holds, a parity chunk only if it is elsewhere. Swapping two nodes' roles
+        changes no tolerance (PlacementError if the candidates cannot hold a stripe)."""
+        where = placement.place_stripe(key, self._candidates(), k, p)
+        me = self.node.node_id
+        if not self.node.settings.forward_replicas or me not in self._candidates():
+            return where
+        mine = where.parity.count(me)
+        best = max(set(where.parity), key=lambda node: (where.parity.count(node), node))
+        if where.parity.count(best) <= mine:
+            return where
+        swap = {me: best, best: me}
+        return placement.StripePlacement(
+            tuple((swap.get(a, a), swap.get(b, b)) for a, b in where.data),
+            tuple(swap.get(node, node) for node in where.parity),
+        )
 
     def _attach(self, number: int, stripe: EncodedStripe, slot: Slot) -> None:
         """Route ``slot`` through the transfer of its piece to its target (shared if any)."""
@@ -368,9 +387,10 @@ class PutOperation(Operation):
                                    < placement.best_tolerance(len(candidates), k, p)):
             return
         measured = {peer: rate for peer, rate in self.node.rates.items()
-                    if peer in candidates and rate.rate is not None}
-        rates = {peer: rate.rate for peer, rate in measured.items()}
-        for peer in sorted(p for p in waiting if p in measured and measured[p].seconds >= STRAGGLER_EVIDENCE):
+                    if peer in candidates and rate.rate_at(now) is not None}
+        rates = {peer: rate.rate_at(now) or 0.0 for peer, rate in measured.items()}
+        for peer in sorted(p for p in waiting if p in measured
+                           and measured[p].busy_seconds(now) >= STRAGGLER_EVIDENCE):
             others = sorted(r for other, r in rates.items() if other != peer)
             if len(others) < 2:
                 return
@@ -501,7 +521,7 @@ class PutOperation(Operation):
         k, p = stripe.entry.k, stripe.entry.p
         self.node.stats["stripes_replanned"] += 1
         try:
-            where = placement.place_stripe(stripe.key, self._candidates(), k, p)
+            where = self._place(stripe.key, k, p)
         except PeerstoreError as err:
             dropped = "; ".join(self.failures.get(peer, f"node {peer} left")
                                 for peer in sorted(self.failed_peers))
