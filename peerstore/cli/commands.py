@@ -36,9 +36,7 @@ from peerstore.errors import (
     PeerstoreError,
     UsageError,
 )
-from peerstore.core.membership import INCARNATION_BITS_PER_BOOT
 from peerstore.model.names import parse_spec
-from peerstore.shell.netaddr import detect_address
 from peerstore.shell.peercred import client_socket_path
 from peerstore.shell.client.progress import Progress, human_size
 from peerstore.cli.service import add_service_parser
@@ -463,6 +461,9 @@ def _incarnation(m: dict) -> str:
     if not (type(boot) is int and type(seq) is int):
         if type(incarnation) is not int or incarnation < 0:
             return "-"
+        # Only here: core.membership pulls in the core's events, which get, put and ls do not need.
+        from peerstore.core.membership import INCARNATION_BITS_PER_BOOT
+
         boot, seq = incarnation >> INCARNATION_BITS_PER_BOOT, incarnation & ((1 << INCARNATION_BITS_PER_BOOT) - 1)
     return f"boot {boot}, seq {seq}"
 
@@ -648,6 +649,8 @@ def _validate_written(text: str, output: Path) -> Config:
 
 def _this_host() -> str:
     """This machine's address as other machines on the LAN likely see it."""
+    from peerstore.shell.netaddr import detect_address  # only init needs it
+
     return detect_address()
 
 

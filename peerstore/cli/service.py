@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import plistlib
 import pwd
 import re
 import shutil
@@ -25,7 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
-from xml.sax.saxutils import escape
 
 from peerstore.errors import PeerstoreError, UsageError
 from peerstore.shell.config import load_config
@@ -227,6 +225,9 @@ def launchd_log_dir(home: Path) -> Path:
 
 def render_launchd(*, executable: Path, config: Path, data_dir: Path, log_dir: Path, run_as: str | None) -> str:
     """The property list for this node; ``run_as`` (launchd daemons) is the user it runs as."""
+    import plistlib  # only here: xml.sax and plistlib cost every CLI command start-up time
+    from xml.sax.saxutils import escape
+
     if run_as is not None and not _USER_NAME.fullmatch(run_as):
         raise UsageError(f"{run_as!r} is not a user name")
     values = {

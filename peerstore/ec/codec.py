@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import blake3
-import zfec
 
 from peerstore.ec.layout import MAX_CODE_WIDTH
 from peerstore.errors import FormatError
+
+if TYPE_CHECKING:
+    import zfec
 
 PIECE_ID_SIZE = 32
 
@@ -58,11 +60,15 @@ def _check_code(k: int, p: int) -> None:
 # the C stack), so one cached object per code serves every thread; lru_cache is thread-safe.
 @functools.lru_cache(maxsize=64)
 def _encoder(k: int, m: int) -> zfec.Encoder:
+    import zfec  # only here and in _decoder: the CLI loads this package but never codes
+
     return zfec.Encoder(k, m)
 
 
 @functools.lru_cache(maxsize=64)
 def _decoder(k: int, m: int) -> zfec.Decoder:
+    import zfec
+
     return zfec.Decoder(k, m)
 
 

@@ -40,7 +40,6 @@ from fnmatch import fnmatchcase
 
 from peerstore.errors import InvalidNameError
 from peerstore.model.names import validate_name
-from peerstore.watch.detect import split_path
 
 DEFAULT_TEMPLATE = "{prefix}{run}/{checkpoint}"
 TEMPLATE_FIELDS = ("prefix", "run", "checkpoint")
@@ -68,6 +67,8 @@ def escape_segment(segment: str) -> str:
 
 def run_and_checkpoint(root_name: str, unit: str) -> tuple[str, str]:
     """(run, checkpoint) of a unit, unescaped: see the module docstring."""
+    from peerstore.watch.detect import split_path  # the config reader imports Naming; detect is for watching
+
     segments = split_path(unit)
     run = "/".join(segments[:-1]) if len(segments) > 1 else root_name
     return run, segments[-1]
