@@ -1025,11 +1025,13 @@ def version_reuse_after_crash(r: Run) -> None:
     r.expect_get(name, "the newest version after the partition healed")
 
 
-def _most_harmful_rot(r: Run, manifest: Manifest) -> tuple[str, bytes]:
-    """The (node, data piece) whose rot lowers the checkpoint's true tolerance most."""
+def _most_harmful_rot(r: Run, manifest: Manifest, where: Callable[[str], bool] = lambda node: True
+                      ) -> tuple[str, bytes]:
+    """The (node, piece) whose rot lowers the checkpoint's true tolerance most, among the
+    nodes ``where`` accepts."""
     nodes = list(r.cluster.nodes.values())
-    options = sorted({(n.node_id, pid) for _, _, stripe in manifest.iter_stripes() for pid in stripe.data_ids
-                      for n in nodes if n.disk.genuine(pid)})
+    options = sorted({(n.node_id, pid) for _, _, stripe in manifest.iter_stripes() for pid in stripe.piece_ids
+                      for n in nodes if n.disk.genuine(pid) and where(n.node_id)})
 
     def left(option: tuple[str, bytes]) -> int:
         return r.cluster.ledger.tolerance(
@@ -1058,13 +1060,15 @@ def reput_over_rot(r: Run) -> None:
     restorable (issue 10, section 2)."""
     cluster = r.cluster
     files = r.checkpoint(files=r.rng.randint(1, 2), max_shards=12)
-    first = r.put(name="run/step-1", files=files)
+    # Both puts go through one node, so the second places every piece where the first
+    # did (a coordinator takes its own role in each stripe) and meets the rotten copy.
+    via = r.pick()
+    first = r.put(via=via, name="run/step-1", files=files)
     if not r.expect(first.ok, f"first put failed: {first.final}"):
         return
-    rotten, pid = _most_harmful_rot(r, cluster.manifest_of(first))
-    cluster.corrupt(rotten, pid)
     local = r.rng.random() < 0.5  # the rotten copy is on the coordinator itself
-    via = rotten if local else r.pick(exclude={rotten})
+    rotten, pid = _most_harmful_rot(r, cluster.manifest_of(first), lambda n: (n == via) == local)
+    cluster.corrupt(rotten, pid)
     r.note(f"rotten copy on {'the coordinator' if local else 'a remote target'} {rotten[:4]}")
     second = r.put(via=via, name="run/step-2", files=files)
     if not r.expect(second.ok, f"put of the same bytes again failed: {second.final}"):

@@ -177,3 +177,19 @@ def still_spare(piece_id: bytes, node: str, stripes: Iterable[StripeRef],
         if not at_policy(trial, ref.entry.k, ref.entry.p, best_for(len(live), ref.entry.k, ref.entry.p)):
             return False
     return True
+
+
+def spare_on_return(piece_id: bytes, node: str, stripes: Iterable[StripeRef],
+                    holders: Mapping[bytes, Collection[str]], alive: Collection[str],
+                    absent: Mapping[bytes, Collection[str]]) -> bool:
+    """``still_spare`` also if every absent node came back with the copies it was last
+    seen holding (``absent``): a copy dropped while a holder is away or gone must not leave
+    the stripes below what the whole cluster promised once it returns. Only the stripes
+    an absent node holds a piece of are held back, so a node lost for good costs its
+    stripes their spare copies, nothing more."""
+    refs = [s for s in stripes if piece_id in s.piece_ids]
+    returning = {n for s in refs for q in s.piece_ids for n in absent.get(q, ())}
+    if not returning:
+        return True
+    together = {q: set(holders.get(q, ())) | set(absent.get(q, ())) for s in refs for q in s.piece_ids}
+    return still_spare(piece_id, node, refs, together, set(alive) | returning)

@@ -19,7 +19,7 @@ from typing import Any
 
 from peerstore.core import checkup
 from peerstore.core.integrity import bit
-from peerstore.core.rebalance import Drop, Move, still_spare
+from peerstore.core.rebalance import Drop, Move, spare_on_return, still_spare
 from peerstore.core.repair import Addition, State, StripeRef, StripeRepair
 from peerstore.core.repair_task import Budget, RepairHost, StripeTask
 from peerstore.wire import messages as msg
@@ -30,8 +30,10 @@ class RebalanceTask:
 
     def __init__(self, node: RepairHost, action: Drop | Move, stripes: list[StripeRef],
                  holders: Mapping[bytes, frozenset[str]], budget: Budget,
-                 on_done: Callable[[float, RebalanceTask], None]):
+                 on_done: Callable[[float, RebalanceTask], None],
+                 absent: Mapping[bytes, frozenset[str]] | None = None):
         self.node = node
+        self.absent = dict(absent or {})  # copies nodes not alive now were last seen holding
         self.action = action
         self.stripes = [s for s in stripes if action.piece_id in s.piece_ids]
         self.holders = {pid: set(h) for pid, h in holders.items()}
@@ -172,6 +174,9 @@ class RebalanceTask:
         alive = self.node.alive
         if not still_spare(pid, self.victim, self.stripes, holders, alive):
             self._end(now, False, "the copies that stay are not enough (changed since the plan)")
+            return
+        if not spare_on_return(pid, self.victim, self.stripes, holders, alive, self.absent):
+            self._end(now, False, "the copies that stay are not enough once the absent holders return")
             return
         if self.victim == self.node.node_id:
             collector = getattr(self.node, "gc")

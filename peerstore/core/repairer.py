@@ -34,11 +34,13 @@ from typing import Any, Callable, Iterable
 from peerstore.core.manifests import ManifestFetch
 from peerstore.core.pacing import TokenBucket
 from peerstore.core.quorum import MembershipTracker
-from peerstore.core.rebalance import Drop, Move, RebalancePlan, plan_rebalance
+from peerstore.core.rebalance import Drop, Move, RebalancePlan, plan_rebalance, spare_on_return
 from peerstore.core.rebalance_task import RebalanceTask
 from peerstore.core.repair import Addition, State, StripeRef, StripeRepair, owner_of, plan, stripes_of
 from peerstore.core.repair_task import Budget, RepairHost, StripeTask
+from peerstore.errors import FormatError
 from peerstore.model.manifest import Manifest
+from peerstore.model.placement import StripePlacement
 from peerstore.wire import messages as msg
 
 STABLE_SETTLE_MAX = 60.0  # seconds a view must hold before it becomes the stable membership
@@ -109,6 +111,8 @@ class RepairService(Budget):
         self.moving_failed = False
         self.rebalance_plan = RebalancePlan()  # the whole cluster's, at the last scan
         self.rebalance_holders: dict[bytes, frozenset[str]] = {}
+        self.rebalance_absent: dict[bytes, frozenset[str]] = {}
+        self.rebalance_stripe_keys: dict[bytes, frozenset[tuple[bytes, int]]] = {}
         self.refusing: dict[str, float] = {}  # node -> until when it gets no new pieces
         self.client_until = 0.0  # repair yields until then: this node serves a put or a get
         self.rebalance_stripes: list[StripeRef] = []
@@ -439,9 +443,34 @@ class RepairService(Budget):
         self.rebalance_plan = whole
         mine = whole.of(self.node.node_id)
         busy = {t.piece_id for t in self.moving if not t.ended}
-        self.moves = deque(a for a in (*mine.drops, *mine.moves) if a.piece_id not in busy)
+        # What nodes not alive now were last seen holding, or were placed to hold at
+        # commit: no drop may count on their never coming back (rebalance_task checks
+        # again right before dropping).
+        absent: dict[bytes, set[str]] = {}
+        for pid, h in self.known.items():
+            absent.setdefault(pid, set()).update(set(h) - live)
+        for ref in stripes:
+            try:
+                placed = StripePlacement.from_hint(ref.hint, ref.entry.k, ref.entry.p).positions()
+            except FormatError:  # a damaged hint names nobody
+                continue
+            for pid, nodes in zip(ref.piece_ids, placed):
+                absent.setdefault(pid, set()).update(set(nodes) - live)
+        self.rebalance_absent = {pid: frozenset(h) for pid, h in absent.items() if h}
+
+        def keeps_returning(a: Drop | Move) -> bool:
+            victim = a.node if isinstance(a, Drop) else a.source
+            after = holders if isinstance(a, Drop) else {**holders, a.piece_id: set(holders.get(a.piece_id, ())) | {a.target}}
+            return spare_on_return(a.piece_id, victim, stripes, after, live, self.rebalance_absent)
+
+        self.moves = deque(a for a in (*mine.drops, *mine.moves) if a.piece_id not in busy and keeps_returning(a))
         self.rebalance_holders = {pid: frozenset(h) for pid, h in holders.items()}
         self.rebalance_stripes = stripes
+        keys: dict[bytes, set[tuple[bytes, int]]] = {}
+        for ref in stripes:
+            for pid in ref.piece_ids:
+                keys.setdefault(pid, set()).add((ref.manifest_id, ref.index))
+        self.rebalance_stripe_keys = {pid: frozenset(k) for pid, k in keys.items()}
         if self.moves:
             self.node.stats["rebalance_plans"] += 1
 
@@ -486,13 +515,26 @@ class RepairService(Budget):
         for task in list(self.tasks):
             task.advance(now)
         while self.moves and not self.queue and not self.tasks and self._room():
-            action = self.moves.popleft()
+            action = self._next_move()
+            if action is None:
+                break  # every action left shares a stripe with one running
             move = RebalanceTask(self.node, action, self.rebalance_stripes, self.rebalance_holders,
-                                 self, self._moved)
+                                 self, self._moved, absent=self.rebalance_absent)
             self.moving.append(move)
             move.start(now)
         for move in list(self.moving):
             move.advance(now)
+
+    def _next_move(self) -> Drop | Move | None:
+        """The first planned action sharing no stripe with a running one: two drops from
+        one stripe, each checked while the other copy was still there, could together
+        take it below policy."""
+        busy = {(s.manifest_id, s.index) for t in self.moving if not t.ended for s in t.stripes}
+        for action in self.moves:
+            if not self.rebalance_stripe_keys.get(action.piece_id, frozenset()) & busy:
+                self.moves.remove(action)
+                return action
+        return None
 
     # Budget (what tasks may spend) --------------------------------------------------------
 

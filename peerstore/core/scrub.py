@@ -17,8 +17,9 @@ id space drawn once per boot from the injected RNG. Every pass uses the same ord
 one piece is re-read about one period after the last time (not up to two, as a fresh
 shuffle per pass would allow); a node restarted more often than once a period still
 reaches every piece in time on average, not just the low ids. Pieces stored during a pass
-are checked in the next one. One read at a time, and none right at start: the
-first waits one interval, like every other.
+are read at its end (before the next pass begins), so a piece stored mid-pass is read
+within a period too, not up to two later. One read at a time, and none right at start:
+the first waits one interval, like every other.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class Scrubber:
         self.bucket: TokenBucket | None = None  # made empty at the first poll: paced from the start
         self.wake_at: float | None = None  # when the bucket allows the next read
         self.order: list[bytes] = []
+        self.in_pass: set[bytes] = set()  # every piece this pass reads (order, as a set)
         self.start_point: bytes | None = None  # where in the id space every pass begins
         self.first_pass_started: float | None = None
         self.cursor = 0
@@ -188,12 +190,21 @@ class Scrubber:
                 self.cursor += 1
                 if piece in inventory:  # gone since the pass began: removed, or quarantined
                     return piece
+            if self.order and self._add_arrivals(inventory):
+                continue  # pieces stored during the pass: read them before it ends
             if self.order:
                 self._end_pass(now)
             if not inventory:
                 return None
             self._begin_pass(now, inventory)
         return None
+
+    def _add_arrivals(self, inventory: Collection[bytes]) -> bool:
+        """Append the pieces held now that this pass did not start with; any?"""
+        arrived = sorted(set(inventory) - self.in_pass)
+        self.order.extend(arrived)
+        self.in_pass.update(arrived)
+        return bool(arrived)
 
     def _begin_pass(self, now: float, inventory: Collection[bytes]) -> None:
         if self.start_point is None:
@@ -202,6 +213,7 @@ class Scrubber:
         order = sorted(inventory)
         start = bisect.bisect_left(order, self.start_point)
         self.order = order[start:] + order[:start]
+        self.in_pass = set(order)
         self.cursor = 0
         self.pass_started = now
         self.pass_bytes = 0
@@ -211,6 +223,7 @@ class Scrubber:
         self.passes += 1
         self.last_pass = PassResult(self.pass_started, now, len(self.order), self.pass_bytes, self.pass_corrupt)
         self.order = []
+        self.in_pass = set()
         self.cursor = 0
 
     def finished(self, now: float, piece: bytes, ok: bool, size: int, *, missing: bool = False) -> None:

@@ -173,3 +173,23 @@ def test_still_spare_refuses_when_a_holder_died_since_the_plan():
     assert still_spare(pid, spare_node, refs, extra, members)
     keeper = next(n for n in holders[pid])
     assert not still_spare(pid, spare_node, refs, extra, set(members) - {keeper})
+
+
+def test_no_copy_is_dropped_that_a_returning_node_would_need_to_be_back_at_policy():
+    """Found by flapping-around-grace: a node gone past the grace had its copy re-created
+    elsewhere; a third copy of a data shard then looked spare among the four left, was
+    dropped, and when the node came back the stripe was below what the five had promised.
+    The layout: k = 2, p = 2 on five nodes a-e."""
+    from peerstore.core.rebalance import spare_on_return
+
+    a, b, c, d, e = nodes(5)
+    k2 = entry("returning", k=2, p=2)
+    data0, data1, parity0, parity1 = k2.piece_ids
+    ref = StripeRef(b"m" * 32, 0, k2, (c, b, b, d, e, a))  # as the put placed it
+    live = {a, b, c, d}  # e is gone; its parity0 was re-created on c
+    holders = {data0: {c, b, d}, data1: {b, d}, parity0: {c}, parity1: {a}}
+    assert still_spare(data0, c, [ref], holders, live), "spare among the four left"
+    absent = {parity0: {e}}
+    assert not spare_on_return(data0, c, [ref], holders, live, absent)
+    # Once e is back, or with nothing absent, the same check is plain still_spare.
+    assert spare_on_return(data0, c, [ref], holders, live, {}) is True

@@ -77,3 +77,26 @@ def test_a_copy_that_became_needed_since_the_scan_is_not_dropped():
     task = run_drop(driver, driver.ids[0], Drop(parity, SHARD, spare, driver.ids[0]), ref, holders)
     assert not task.ok and "not enough" in task.why
     assert parity in driver.nodes[spare].disk.pieces
+
+
+def test_two_drops_from_one_stripe_never_run_at_once():
+    """Each drop checks the stripe with the other copy still there; run together they
+    could take it below policy (scrub-finds-rot seed 7305 dropped two parity copies of
+    one stripe in the same instant). The service starts one, and the other after it."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    driver, ref, parity, spare, holders = setup()
+    service = driver.core(driver.ids[0]).repair
+    first = Drop(parity, SHARD, spare, driver.ids[0])
+    second = Drop(ref.entry.data_ids[0], SHARD, spare, driver.ids[0])
+    other = Drop(b"\x07" * 32, SHARD, spare, driver.ids[0])  # a piece of another stripe
+    key = (ref.manifest_id, ref.index)
+    service.rebalance_stripe_keys = {parity: frozenset({key}), ref.entry.data_ids[0]: frozenset({key}),
+                                     b"\x07" * 32: frozenset({(b"n" * 32, 0)})}
+    service.moves = deque([second, other])
+    service.moving = [SimpleNamespace(ended=False, stripes=[ref], action=first)]
+    assert service._next_move() is other
+    assert service._next_move() is None and list(service.moves) == [second]
+    service.moving[0].ended = True
+    assert service._next_move() is second

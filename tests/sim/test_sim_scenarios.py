@@ -10,7 +10,6 @@ from peerstore.core.get import GetOperation
 from peerstore.core.membership import boot_incarnation
 from peerstore.core.node import NodeCore
 from peerstore.core.status import StatusOperation
-from peerstore.wire import messages as msg
 from sim import chaos
 from sim.scenarios import SCENARIOS, Result, run
 
@@ -84,14 +83,21 @@ def test_chaos_rejects_bad_arguments(argv):
 
 
 class AcksBeforeDurable(NodeCore):
-    """Bug: acknowledges a piece as soon as it asked the disk to write it."""
+    """Bug: acknowledges a piece as soon as it asked the disk to write it (the rest of
+    serving a store, forwarding included, is the real node's)."""
 
-    def _serve_store_piece(self, now, peer, m, payload):
-        self.emit(ev.StorePieceLocal(("bug", m.req), m.piece_id, payload))
-        self.inventory.add(m.piece_id)
-        self.emit(ev.Send(peer, msg.PieceStored(m.req, ok=True)))
+    def handle(self, now, event):
+        self.bug_now = now
+        return super().handle(now, event)
 
-    _SERVERS = {**NodeCore._SERVERS, msg.StorePiece: _serve_store_piece}
+    def tick(self, now):
+        self.bug_now = now
+        return super().tick(now)
+
+    def store_piece(self, piece_id, handle, on_done, **options):
+        self.local(lambda tag: ev.StorePieceLocal(tag, piece_id, handle), lambda t, done: None)
+        self.inventory.add(piece_id)
+        on_done(self.bug_now, True, "")
 
 
 class SkipsHashCheck(NodeCore):
