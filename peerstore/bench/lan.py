@@ -39,7 +39,7 @@ import yaml
 
 from peerstore.bench.commands import Running
 from peerstore.bench.procstat import Meter
-from peerstore.bench.runner import Bench, Options, Outcome, log
+from peerstore.bench.runner import Bench, Options, Outcome, cli_env, log
 from peerstore.bench.stored import stored_manifest
 from peerstore.model.manifest import Manifest
 from peerstore.testing.procs import NodeProc, ProcCluster
@@ -339,7 +339,7 @@ class LanBench(Bench):
         c = self._cluster()
         assert isinstance(c, LanCluster)
         return Running([*c.prefix(via), sys.executable, "-m", "peerstore", "--config", str(c.nodes[via].config_path),
-                        "--quiet", *args])
+                        "--quiet", *args], env=cli_env())
 
     def run(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

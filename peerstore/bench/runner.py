@@ -80,6 +80,12 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def cli_env() -> dict[str, str]:
+    """The CLI's environment: this one, with bytecode caching on (an installed CLI has its
+    modules compiled; some machines turn caching off, which would time compiling them)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 class Bench:
     """One benchmark run in ``<workdir>/run-<pid>/``; sources cached in ``<workdir>/sources``."""
 
@@ -159,7 +165,7 @@ class Bench:
     def cli(self, *args: str, via: int = 0) -> Running:
         c = self._cluster()
         return Running([sys.executable, "-m", "peerstore", "--config", str(c.nodes[via].config_path),
-                        "--quiet", *args])
+                        "--quiet", *args], env=cli_env())
 
     def finish(self, running: Running, timeout: float) -> Finished:
         """Wait for a CLI command; a failure carries the node log tails."""
