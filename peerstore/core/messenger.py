@@ -38,6 +38,7 @@ RATE_MEMORY = 5.0  # seconds of busy time the rate estimate remembers
 # after it was made, or after its payload at MIN_PAYLOAD_RATE, whichever is longer.
 MAX_PATIENCE = 12
 MIN_PAYLOAD_RATE = 1 << 20  # bytes per second
+FORWARD_PATIENCE = 3  # request_timeouts a forwarded copy's acknowledgement is waited for at most
 MiB = 1 << 20
 
 
@@ -54,6 +55,7 @@ class PendingRequest:
     patience: float | None = None  # None: fixed deadline; else the peer's silence it waits out
     started: float = 0.0
     via: str = ""  # a forwarded store's relay: it may report the request failed, never answered
+    limit: float | None = None  # the longest it may wait, whatever moves (None: MAX_PATIENCE)
 
 
 @dataclass
@@ -163,10 +165,12 @@ class Messenger:
         """A request id whose reply ``peer`` will send although we send it nothing: the
         request goes to ``via``, which passes it on (forwarded replication). ``via`` may
         only fail it (``relay_failed``). Times out once both have been silent for
-        ``request_timeout``."""
+        ``request_timeout``, and at the latest after FORWARD_PATIENCE of them (a relay that
+        restarted lost the forward without a word; the caller then sends it itself)."""
         req = self.new_id()
-        self._pending[req] = PendingRequest(req, peer, now + self.settings.request_timeout, on_reply,
-                                            on_failure, 0, self.settings.request_timeout, now, via)
+        timeout = self.settings.request_timeout
+        self._pending[req] = PendingRequest(req, peer, now + timeout, on_reply, on_failure, 0, timeout, now, via,
+                                            limit=FORWARD_PATIENCE * timeout)
         return req
 
     def relay_failed(self, now: float, req: int, relay: str, why: str) -> None:
@@ -225,7 +229,8 @@ class Messenger:
         """When ``pending`` times out if nothing more moves."""
         if pending.patience is None:
             return pending.deadline
-        latest = pending.started + max(MAX_PATIENCE * pending.patience, pending.inflight_bytes / MIN_PAYLOAD_RATE)
+        latest = pending.started + (pending.limit if pending.limit is not None else
+                                    max(MAX_PATIENCE * pending.patience, pending.inflight_bytes / MIN_PAYLOAD_RATE))
         heard = self.progress_at.get(pending.peer, pending.started)
         if pending.via:
             heard = max(heard, self.progress_at.get(pending.via, pending.started))

@@ -104,6 +104,7 @@ STRAGGLER_RATIO = 2.0
 STRAGGLER_EVIDENCE = 1.0
 STRAGGLER_CHECK = 0.25  # seconds between two looks
 STRAGGLER_PERSIST = 0.25  # ... and it must look like one for this long (not a passing jam)
+MOVE_OFF_LAYOUTS = 4096  # layouts tried when moving a straggler's slots (else: re-place the stripe)
 
 
 class PutOperation(Operation):
@@ -262,7 +263,7 @@ class PutOperation(Operation):
         changes no tolerance (PlacementError if the candidates cannot hold a stripe)."""
         where = placement.place_stripe(key, self._candidates(), k, p)
         me = self.node.node_id
-        if not self.node.settings.forward_replicas or me not in self._candidates():
+        if not self.node.settings.forward_replicas or me not in self._candidates() or not where.parity:
             return where
         mine = where.parity.count(me)
         best = max(set(where.parity), key=lambda node: (where.parity.count(node), node))
@@ -404,24 +405,32 @@ class PutOperation(Operation):
             self.failed_peers.add(peer)
             self.failures[peer] = (f"node {peer} was slow: {rates[peer] / 1e6:.1f} MB/s against "
                                    f"{median / 1e6:.1f} MB/s for the others")
-            numbers: set[int] = set()
-            for transfer in [t for t in self.unfinished.values() if t.target == peer]:
-                self._carrier_failed(now, transfer)  # what it was to forward goes out directly
-                numbers.update(n for n, slot in transfer.slots if not slot.acked)
-            for number in sorted(numbers):
-                self._move_off(number, peer)
+            numbers = sorted({n for t in self.unfinished.values() if t.target == peer
+                              for n, slot in t.slots if not slot.acked})
+            relayed = [t for t in self.unfinished.values() if t.in_flight and t.via == peer]
+            for number in numbers:
+                if not self._move_off(number, peer) and not self._replan(number):
+                    return  # the put failed: the stripe fits on no other nodes
+            for transfer in relayed:  # what it was asked to forward goes out directly
+                if transfer.in_flight and transfer.via == peer:
+                    self.node.cancel_request(now, transfer.req)
+                    self._not_forwarded(now, transfer, f"relay {peer} is a straggler")
             self._pump(now)
             return  # one at a time: the rates of the others change as they take its share
 
-    def _move_off(self, number: int, peer: str) -> None:
+    def _move_off(self, number: int, peer: str) -> bool:
         """Move stripe ``number``'s unacknowledged slots on ``peer`` to other candidates,
         each slot alone (what ``peer`` acknowledged stays there, durable), choosing the
-        targets that keep the stripe's tolerance highest and its copies most spread."""
+        targets that keep the stripe's tolerance highest and its copies most spread. False
+        (nothing moved) if no such layout reaches the best tolerance the other nodes give
+        (the caller re-places the whole stripe), or if there are too many to try."""
         stripe = self.stripes[number]
         movable = [slot for slot in stripe.slots if slot.target == peer and not slot.acked]
         others = self._candidates()
-        if not movable or not others:
-            return
+        if not movable:
+            return True
+        if not others or len(others) ** len(movable) > MOVE_OFF_LAYOUTS:
+            return False
         best: tuple[Any, ...] | None = None
         for targets in itertools.product(others, repeat=len(movable)):
             where = {id(slot): target for slot, target in zip(movable, targets)}
@@ -440,8 +449,8 @@ class PutOperation(Operation):
             key = (-tolerance, max(load.values()), targets)
             if best is None or key < best:
                 best = key
-        if best is None:
-            return
+        if best is None or -best[0] < placement.best_tolerance(len(others), stripe.entry.k, stripe.entry.p):
+            return False
         self.node.stats["stripes_replanned"] += 1
         for slot, target in zip(movable, best[2]):
             old = self.transfers.get((slot.target, slot.piece_id))
@@ -451,6 +460,7 @@ class PutOperation(Operation):
             slot.target = target
             self._attach(number, stripe, slot)
         self._stripe_progress(number)
+        return True
 
     def _carrier_failed(self, now: float, carrier: Transfer) -> None:
         """The node asked to forward a sibling never answered: send that copy ourselves."""
@@ -568,6 +578,8 @@ class PutOperation(Operation):
         if self.finished or self.phase is not Phase.TRANSFER:
             return None
         due = [t.retry_at for t in self.unfinished.values() if not t.in_flight and t.retry_at > 0]
+        if any(t.in_flight for t in self.unfinished.values()):
+            due.append(self.next_straggler_check)  # a straggler that never answers is judged too
         return min(due, default=None)
 
     def on_members_changed(self, now: float) -> None:

@@ -175,7 +175,8 @@ class RebalanceTask:
         if not still_spare(pid, self.victim, self.stripes, holders, alive):
             self._end(now, False, "the copies that stay are not enough (changed since the plan)")
             return
-        if not spare_on_return(pid, self.victim, self.stripes, holders, alive, self.absent):
+        absent = {q: frozenset(h) - alive for q, h in self.absent.items()}  # some may be back by now
+        if not spare_on_return(pid, self.victim, self.stripes, holders, alive, absent):
             self._end(now, False, "the copies that stay are not enough once the absent holders return")
             return
         if self.victim == self.node.node_id:

@@ -191,3 +191,26 @@ def test_a_relay_holds_at_most_its_forwarding_budget():
     assert deepest and max(deepest.values()) <= budget, deepest
     assert max(deepest.values()) > 0, "nothing was forwarded"
     assert all(driver.core(n).forwarder.held == 0 for n in driver.ids), "a forwarded buffer leaked"
+
+
+def test_a_forward_nobody_reports_on_ends_within_three_request_timeouts():
+    """A relay that restarted lost its forwards without a word, while bytes keep moving
+    with it and with the holder for other reasons: the coordinator stops waiting after
+    FORWARD_PATIENCE request timeouts and sends the copy itself."""
+    from peerstore.core.messenger import FORWARD_PATIENCE
+
+    driver = CoreDriver(3)
+    core = driver.core(driver.ids[0])
+    relay, holder = driver.ids[1], driver.ids[2]
+    ended: list[tuple[float, str]] = []
+    core.expect(0.0, holder, relay, lambda t, reply, payload: ended.append((t, "answered")),
+                lambda t, why: ended.append((t, why)))
+    timeout = core.settings.request_timeout
+    for tick in range(1, 100):
+        now = tick * 0.5
+        core.bytes_moved(now, [relay, holder])
+        core.expire(now)
+        if ended:
+            break
+    assert ended and ended[0][1] == "timeout"
+    assert FORWARD_PATIENCE * timeout <= ended[0][0] <= FORWARD_PATIENCE * timeout + 0.5
