@@ -84,10 +84,12 @@ def test_pieces_of_an_abandoned_put_are_collected(cluster, tmp_path):
     c.cli("put", str(keep), "--name", "run1/keep", check=True)
     baseline = pieces_bytes(c)
     big = model(tmp_path, 200 * MiB, seed=5)
-    # A client that goes away mid-transfer: the put aborts, its pieces stay behind.
+    # A client that goes away mid-transfer: the put aborts, its pieces stay behind. (Not
+    # --stream: a streamed put whose client is killed is sometimes never noticed by the
+    # node, a known bug of the client session, issue 14's closing note.)
     client = subprocess.Popen(
         [sys.executable, "-m", "peerstore", "--config", str(c.nodes[0].config_path), "--quiet",
-         "put", str(big), "--name", "run1/abandoned", "--stream"],
+         "put", str(big), "--name", "run1/abandoned"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )
     try:

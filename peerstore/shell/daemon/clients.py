@@ -70,6 +70,7 @@ class ClientSession:
         self.reader: StripeReader | None = None
         self.files = 0
         self.finished = trio.Event()
+        self.left = False  # the client went away and its operation was cancelled
         self.kind = "?"
         self.last_sent = trio.current_time()
         self.done = self.total = 0
@@ -122,8 +123,11 @@ class ClientSession:
             if trio.current_time() - self.last_sent >= KEEP_ALIVE:
                 try:
                     await self.wire.send({"t": "progress", "done": self.done, "total": self.total})
-                except ENDED:
-                    return  # the receiver notices the client left and cancels its operation
+                except ENDED as err:
+                    # The client is gone. The receiver may not notice: a streamed put's
+                    # receiver waits for the stripe reader while the put waits for acks.
+                    self._client_left(err)
+                    return
                 self.last_sent = trio.current_time()
 
     def _command(self, header: dict[str, Any]) -> Any:
@@ -179,12 +183,17 @@ class ClientSession:
                     if budget is not None and frame.payload is not None:
                         budget.release(len(frame.payload))
         except (*ENDED, CodecError, trio.TooSlowError) as err:
-            if not self.finished.is_set():
-                log.info("client left before its %s finished (%s)", self.kind, err,
-                         extra=fields("client_left", op=self.token, op_kind=self.kind))
-                self.daemon.feed(ev.CancelCommand(self.token))
+            self._client_left(err)
             if self.reader is not None and isinstance(self.reader.source, ClientStream):
                 self.reader.source.send.close()
+
+    def _client_left(self, err: BaseException) -> None:
+        """Cancel the operation (once) if it has not finished."""
+        if not self.finished.is_set() and not self.left:
+            self.left = True
+            log.info("client left before its %s finished (%s)", self.kind, err,
+                     extra=fields("client_left", op=self.token, op_kind=self.kind))
+            self.daemon.feed(ev.CancelCommand(self.token))
 
     async def _read_stripes(self) -> None:
         if self.reader is not None:
