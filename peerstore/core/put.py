@@ -413,8 +413,7 @@ class PutOperation(Operation):
                     return  # the put failed: the stripe fits on no other nodes
             for transfer in relayed:  # what it was asked to forward goes out directly
                 if transfer.in_flight and transfer.via == peer:
-                    self.node.cancel_request(now, transfer.req)
-                    self._not_forwarded(now, transfer, f"relay {peer} is a straggler")
+                    self._withdraw_forward(now, transfer, f"relay {peer} is a straggler")
             self._pump(now)
             return  # one at a time: the rates of the others change as they take its share
 
@@ -466,8 +465,12 @@ class PutOperation(Operation):
         """The node asked to forward a sibling never answered: send that copy ourselves."""
         sibling, carrier.carries = carrier.carries, None
         if sibling is not None and sibling.via == carrier.target and sibling.in_flight:
-            self.node.cancel_request(now, sibling.req)
-            self._not_forwarded(now, sibling, f"node {carrier.target} did not answer")
+            self._withdraw_forward(now, sibling, f"node {carrier.target} did not answer")
+
+    def _withdraw_forward(self, now: float, transfer: Transfer, why: str) -> None:
+        """Stop waiting for a forward still pending and send that copy ourselves."""
+        self.node.cancel_request(now, transfer.req)
+        self._not_forwarded(now, transfer, why)
 
     def _not_forwarded(self, now: float, transfer: Transfer, why: str) -> None:
         """A forward was declined, failed or went unanswered: no fault of the target's,
@@ -591,8 +594,7 @@ class PutOperation(Operation):
                     self.node.cancel_request(now, transfer.req)
                     transfer.in_flight, transfer.via, transfer.req = False, "", 0
                 elif not self.node.is_alive(transfer.via):
-                    self.node.cancel_request(now, transfer.req)
-                    self._not_forwarded(now, transfer, f"relay {transfer.via} left")
+                    self._withdraw_forward(now, transfer, f"relay {transfer.via} left")
             if not self.node.is_alive(transfer.target) and not transfer.in_flight:
                 self.failed_peers.add(transfer.target)
                 self._replace(now, transfer)
